@@ -1,0 +1,155 @@
+"""Evaluation: run a model over a split and pool every task's metric over the whole split.
+
+Predictions are ``model(image)["final"]``, postprocessed by each TaskSpec (argmax, sigmoid,
+normalisation) and fed to the task's accumulator (SPEC: pooled over the split, not per image).
+Pixels outside a sample's original size (``meta.hw``, PASCAL padding) are ignored because the
+dataset marks them invalid in the targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mtlkit.tasks import TaskSpec
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    from mtlkit.data import collate
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def run_evaluation(
+    model: nn.Module,
+    loader: DataLoader,
+    specs: dict[str, TaskSpec],
+    device: torch.device,
+    *,
+    amp: bool = False,
+    max_batches: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``loader``; returns the (unreduced) accumulators per task.
+
+    ``specs``: the tasks to score (those in the model's ``final`` output). Call
+    :func:`compute_metrics` on the result (after merging across ranks under DDP).
+    """
+    was_training = model.training
+    model.eval()
+    metrics = metrics or {t: s.make_metric() for t, s in specs.items()}
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for i, batch in enumerate(loader):
+        if i >= total:
+            break
+        batch = to_device(batch, device)
+        with _autocast(device, amp):
+            out = model(batch["image"])["final"]
+        for t, spec in specs.items():
+            metrics[t].update(spec.postprocess(out[t]).cpu(), batch[t].cpu())
+        if on_batch is not None:
+            on_batch(i + 1, total)
+    model.train(was_training)
+    return metrics
+
+
+def compute_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{task: {metric: value}}`` from accumulators; NaNs become None (valid JSON)."""
+    result: dict[str, dict[str, Any]] = {}
+    for t, m in metrics.items():
+        vals = {}
+        for k, v in m.compute().items():
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            vals[k] = v
+        result[t] = vals
+    return result
+
+
+def main_scores(results: dict[str, dict[str, Any]], specs: dict[str, TaskSpec]) -> dict[str, float]:
+    """The main metric of each task (semseg mIoU, depth rmse, ...)."""
+    return {t: results[t][specs[t].main_metric] for t in results}
+
+
+def load_run_model(checkpoint: str, data: str | None = None, device: str | None = None):
+    """Rebuild the model of a checkpoint and load its weights.
+
+    Returns ``(model, parts, state)``; ``data`` overrides the dataset file of the run.
+    """
+    from mtlkit.config import RunConfig
+    from mtlkit.engine.trainer import build_parts, load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    cfg = RunConfig.from_dict(state["config"], source=f"{checkpoint}: config")
+    if data is not None:
+        cfg.data.path = data
+    parts = build_parts(cfg, need_train=False)
+    try:
+        parts.model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        from mtlkit.errors import CheckpointError
+
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} does not match its own configuration "
+            f"({str(e).splitlines()[0]})", "was it written by another mtlkit version?"
+        ) from e
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    parts.model.to(dev).eval()
+    return parts.model, parts, state
+
+
+def evaluate_checkpoint(
+    checkpoint: str, *, split: str = "val", data: str | None = None, batch_size: int = 8,
+    out_dir: str | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split; writes ``eval.json`` and ``eval.md`` next to it.
+
+    Returns ``{"checkpoint", "split", "step", "metrics": {task: {metric: value}}}``.
+    """
+    from pathlib import Path
+
+    from mtlkit.data import build_dataset
+    from mtlkit.engine.report import write_eval_files
+
+    model, parts, state = load_run_model(checkpoint, data)
+    cfg = parts.cfg
+    ds = parts.val_set if split == "val" else build_dataset(
+        cfg.data.dataset, path=cfg.data.path, split=split, tasks=list(parts.specs),
+        size=parts.size, train=False, augment=cfg.data.augment)
+    specs = {t: parts.specs[t] for t in parts.tasks}
+    loader = make_eval_loader(ds, batch_size)
+    device = next(model.parameters()).device
+    if progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"evaluate {split}", total=len(loader))
+            metrics = run_evaluation(model, loader, specs, device,
+                                     on_batch=lambda i, n: bar.update(task, completed=i))
+    else:
+        metrics = run_evaluation(model, loader, specs, device)
+    result = {
+        "checkpoint": str(checkpoint), "split": split, "step": int(state["step"]),
+        "arch": cfg.model.arch, "dataset": cfg.data.dataset,
+        "metrics": compute_metrics(metrics),
+    }
+    write_eval_files(Path(out_dir) if out_dir else Path(checkpoint).parent, result)
+    return result
