@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from cli.common import console, user_errors
 def evaluate(
     checkpoint: Annotated[str, typer.Option(help="last.pt / best.pt of a run")],
     split: Annotated[str, typer.Option(help="train or val")] = "val",
-    data: Annotated[Optional[str], typer.Option(help="override the run's .h5 file")] = None,
+    data: Annotated[str | None, typer.Option(help="override the run's .h5 file")] = None,
     batch_size: Annotated[int, typer.Option(help="batch size")] = 8,
 ) -> None:
     """Evaluate a checkpoint; writes eval.json and eval.md next to it."""

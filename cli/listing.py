@@ -13,7 +13,9 @@ from cli.common import console, parse_size, user_errors
 @user_errors
 def list_(
     size: Annotated[str, typer.Option(help="input size for GFLOPs, HxW")] = "128x160",
-    dataset: Annotated[str, typer.Option(help="task set used to build each arch")] = "synthetic-nyud",
+    dataset: Annotated[
+        str, typer.Option(help="task set used to build each arch")
+    ] = "synthetic-nyud",
 ) -> None:
     """List what mtlkit knows: archs (params, GFLOPs), backbones, datasets, tasks, weightings."""
     from mtlkit.data import dataset_info
@@ -32,13 +34,19 @@ def list_(
         s = model_summary(name, t, "tiny", size=(hw[0], hw[1]))
         table.add_row(name, f"{s['params_M']:.2f}", f"{s['gflops']:.2f}", ARCHS.help(name))
     console.print(table)
-    for title, reg in (("backbones", BACKBONES), ("datasets", DATASETS), ("weightings", WEIGHTINGS)):
+    for title, reg in (
+        ("backbones", BACKBONES),
+        ("datasets", DATASETS),
+        ("weightings", WEIGHTINGS),
+    ):
         t = Table(title=title)
         t.add_column("name")
         t.add_column("description")
         for name in reg.names():
             t.add_row(name, reg.help(name))
         if title == "backbones":
-            t.add_row("timm:<name>", "any hierarchical timm model (features_only), e.g. timm:hrnet_w18")
+            t.add_row(
+                "timm:<name>", "any hierarchical timm model (features_only), e.g. timm:hrnet_w18"
+            )
         console.print(t)
     console.print("tasks: " + ", ".join(TASK_NAMES))

@@ -124,7 +124,9 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         d = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({e.__class__.__name__})") from e
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML ({e.__class__.__name__})"
+        ) from e
     return RunConfig.from_dict(d, source=str(p))
 
 

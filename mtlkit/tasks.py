@@ -92,13 +92,16 @@ class TaskSpec:
     main_metric: str
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     kind: str = "dense"  # "labels" (class map) | "dense" (regression / probability)
+    fast_metric_factory: Callable[[], Any] | None = None
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         """Scalar loss of a raw prediction (any resolution) against the target."""
         return self.loss_fn(pred, target)
 
-    def make_metric(self) -> Any:
-        """A fresh metric accumulator for a split."""
+    def make_metric(self, fast: bool = False) -> Any:
+        """A fresh metric accumulator for a split (``fast``: cheaper settings, if any)."""
+        if fast and self.fast_metric_factory is not None:
+            return self.fast_metric_factory()
         return self.metric_factory()
 
     @property
@@ -126,32 +129,55 @@ TASK_NAMES = ("semseg", "depth", "normals", "edge", "parts", "saliency")
 DEFAULT_CLASSES = {"semseg": 40, "parts": 7}
 
 
-def get_task(name: str, num_classes: int | None = None, *, edge_max_dist: float = 0.011) -> TaskSpec:
+def get_task(
+    name: str, num_classes: int | None = None, *, edge_max_dist: float = 0.011
+) -> TaskSpec:
     """Build the TaskSpec of ``name``; ``num_classes`` for semseg/parts (dataset dependent)."""
     from mtlkit.metrics import boundary, depth, normals, saliency, segmentation
 
     if name in ("semseg", "parts"):
         k = num_classes or DEFAULT_CLASSES[name]
         return TaskSpec(
-            name, k, 1.0 if name == "semseg" else 2.0, _ce_loss, _argmax,
-            lambda: segmentation.MeanIoU(k), "mIoU",
-            {"mIoU": True, "pixel_acc": True}, kind="labels",
+            name,
+            k,
+            1.0 if name == "semseg" else 2.0,
+            _ce_loss,
+            _argmax,
+            lambda: segmentation.MeanIoU(k),
+            "mIoU",
+            {"mIoU": True, "pixel_acc": True},
+            kind="labels",
         )
     if name == "depth":
         hib = {m: False for m in ("rmse", "log_rmse", "abs_rel", "sq_rel")}
         hib.update({f"delta{i}": True for i in (1, 2, 3)})
         return TaskSpec(name, 1, 1.0, _depth_loss, _identity, depth.DepthMetrics, "rmse", hib)
     if name == "normals":
-        hib = {"mean": False, "median": False, "rmse": False,
-               "within_11_25": True, "within_22_5": True, "within_30": True}
-        return TaskSpec(name, 3, 10.0, _normals_loss, _normalize, normals.NormalsMetrics, "mean", hib)
+        hib = {
+            "mean": False,
+            "median": False,
+            "rmse": False,
+            "within_11_25": True,
+            "within_22_5": True,
+            "within_30": True,
+        }
+        return TaskSpec(
+            name, 3, 10.0, _normals_loss, _normalize, normals.NormalsMetrics, "mean", hib
+        )
     if name == "edge":
         return TaskSpec(
-            name, 1, 50.0, _edge_loss, _sigmoid,
-            lambda: boundary.BoundaryF(max_dist=edge_max_dist), "odsF",
+            name,
+            1,
+            50.0,
+            _edge_loss,
+            _sigmoid,
+            lambda: boundary.BoundaryF(max_dist=edge_max_dist),
+            "odsF",
             {"odsF": True, "oisF": True, "AP": True},
+            fast_metric_factory=lambda: boundary.BoundaryF(max_dist=edge_max_dist, thresholds=9),
         )
     if name == "saliency":
-        return TaskSpec(name, 1, 5.0, _saliency_loss, _sigmoid, saliency.SaliencyMaxF, "maxF",
-                        {"maxF": True})
+        return TaskSpec(
+            name, 1, 5.0, _saliency_loss, _sigmoid, saliency.SaliencyMaxF, "maxF", {"maxF": True}
+        )
     raise UnknownNameError(f"unknown task {name!r}", f"choose from: {', '.join(TASK_NAMES)}")

@@ -42,14 +42,19 @@ def predict(checkpoint: str, images: str, out: str, *, limit: int | None = 16) -
     if src.is_file() and src.suffix in (".h5", ".hdf5"):
         from mtlkit.data.transforms import EvalTransform
 
-        ds = MultiTaskH5Dataset(str(src), "val", tasks=list(specs), transform=EvalTransform(parts.size))
+        ds = MultiTaskH5Dataset(
+            str(src), "val", tasks=list(specs), transform=EvalTransform(parts.size)
+        )
         for i in range(min(len(ds), limit or len(ds))):
             s = ds[i]
             gts = {t: s[t].numpy() for t in specs if t in s}
             samples.append((f"{i:05d}", s["image"], gts))
     elif src.is_dir() or src.is_file():
-        files = sorted(p for p in ([src] if src.is_file() else src.iterdir())
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p
+            for p in ([src] if src.is_file() else src.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not files:
             raise DataError(f"no images found at {images!r}", "pass a folder of .png/.jpg files")
         for p in files[: limit or len(files)]:

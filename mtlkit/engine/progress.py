@@ -18,19 +18,27 @@ from rich.progress import (
 class TrainProgress:
     """``step/steps`` bar showing the loss and images/s; a no-op when disabled."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True,
-                 console: Console | None = None) -> None:
+    def __init__(
+        self, total: int, start: int = 0, enabled: bool = True, console: Console | None = None
+    ) -> None:
         self.enabled = enabled
         self.total = total
         if enabled:
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=console or Console(stderr=True), transient=False,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[ips]:.1f} img/s"),
+                TextColumn("{task.fields[note]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console or Console(stderr=True),
+                transient=False,
             )
-            self.task = self.progress.add_task("train", total=total, completed=start, loss=0.0,
-                                               ips=0.0, note="")
+            self.task = self.progress.add_task(
+                "train", total=total, completed=start, loss=0.0, ips=0.0, note=""
+            )
 
     def __enter__(self) -> TrainProgress:
         if self.enabled:

@@ -26,8 +26,8 @@ def _mix(*xs: int) -> int:
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset so ``ds[(i, seed)]`` runs its random transform under ``torch.manual_seed(seed)``
-    without touching the caller's RNG."""
+    """Wraps a dataset so ``ds[(i, seed)]`` runs its random transform under
+    ``torch.manual_seed(seed)`` without touching the caller's RNG."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -49,8 +49,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     incomplete global batch is dropped.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.n, self.bs, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start, self.rank, self.world = start, rank, world
 

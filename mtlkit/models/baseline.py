@@ -44,6 +44,10 @@ class SharedEncoderHeads(nn.Module):
         self.fuse = MultiScaleFuse(self.backbone.channels, channels)
         self.heads = nn.ModuleDict({t: TaskHead(channels, c) for t, c in self.tasks.items()})
 
+    def shared_parameters(self):
+        """The last shared layer (GradNorm measures task gradients here)."""
+        return self.fuse.parameters()
+
     def forward(self, image: Tensor) -> dict:
         x = self.fuse(self.backbone(image))
         final = {t: upsample_to(head(x), image) for t, head in self.heads.items()}

@@ -15,12 +15,26 @@ class ConvBNReLU(nn.Sequential):
     """``k x k`` conv (no bias) -> BatchNorm -> ReLU; 'same' padding for odd ``k``."""
 
     def __init__(
-        self, cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1,
+        self,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
         relu: bool = True,
     ) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, k, stride, padding=dilation * (k // 2), dilation=dilation,
-                      groups=groups, bias=False),
+            nn.Conv2d(
+                cin,
+                cout,
+                k,
+                stride,
+                padding=dilation * (k // 2),
+                dilation=dilation,
+                groups=groups,
+                bias=False,
+            ),
             nn.BatchNorm2d(cout),
         ]
         if relu:
@@ -36,7 +50,9 @@ class BasicResBlock(nn.Module):
         self.conv1 = ConvBNReLU(cin, cout, 3, stride)
         self.conv2 = ConvBNReLU(cout, cout, 3, relu=False)
         self.short = (
-            nn.Identity() if cin == cout and stride == 1 else ConvBNReLU(cin, cout, 1, stride, relu=False)
+            nn.Identity()
+            if cin == cout and stride == 1
+            else ConvBNReLU(cin, cout, 1, stride, relu=False)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -50,8 +66,11 @@ class SEBlock(nn.Module):
         super().__init__()
         hidden = max(c // reduction, 4)
         self.fc = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, c, 1), nn.Sigmoid(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(c, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, c, 1),
+            nn.Sigmoid(),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -64,13 +83,19 @@ class CBAM(nn.Module):
     def __init__(self, c: int, reduction: int = 4, kernel: int = 7) -> None:
         super().__init__()
         hidden = max(c // reduction, 4)
-        self.mlp = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, c, 1))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, c, 1)
+        )
         self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        ca = torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
+        ca = torch.sigmoid(
+            self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True))
+        )
         x = x * ca
-        sa = torch.sigmoid(self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+        sa = torch.sigmoid(
+            self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1))
+        )
         return x * sa
 
 
@@ -80,7 +105,9 @@ class FFN(nn.Module):
     def __init__(self, c: int, hidden: int | None = None) -> None:
         super().__init__()
         hidden = hidden or 4 * c
-        self.net = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c))
+        self.net = nn.Sequential(
+            nn.LayerNorm(c), nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -43,5 +43,8 @@ def count_gflops(model: nn.Module, size: tuple[int, int] = (128, 160)) -> float:
 def model_summary(arch: str, tasks: dict[str, int], backbone: str = "tiny",
                   size: tuple[int, int] = (128, 160), **kwargs: Any) -> dict[str, float]:
     """``{"params_M", "gflops"}`` of an arch at an input ``size``."""
-    model = create_model(arch, tasks, backbone, **kwargs)
+    from mtlkit.models.backbones import input_size_hint
+
+    with input_size_hint(size):
+        model = create_model(arch, tasks, backbone, **kwargs)
     return {"params_M": count_params(model) / 1e6, "gflops": count_gflops(model, size)}

@@ -1,0 +1,136 @@
+"""``mtlkit train``: train a multi-task model and print its metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import console, parse_list, parse_size, user_errors
+
+DEFAULT_ARCH = "tpim"
+
+
+def _model_args(items: list[str] | None) -> dict:
+    import yaml
+
+    from mtlkit.errors import ConfigError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"bad --model-arg {item!r}", "write KEY=VALUE, e.g. channels=64")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+@user_errors
+def train(
+    ctx: typer.Context,
+    arch: Annotated[str | None, typer.Option(help="architecture (see mtlkit list)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
+    data: Annotated[str | None, typer.Option(help="preprocessed .h5 file")] = None,
+    backbone: Annotated[str | None, typer.Option(help="tiny or timm:<name>")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="local backbone weights file")] = None,
+    tasks: Annotated[str | None, typer.Option(help="comma list, e.g. semseg,depth")] = None,
+    aux_tasks: Annotated[str | None, typer.Option(help="auxiliary-only tasks")] = None,
+    size: Annotated[str | None, typer.Option(help="input size HxW")] = None,
+    augment: Annotated[str | None, typer.Option(help="mtlpt | atrc | none")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="batch size per process")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw | adam | sgd")] = None,
+    weighting: Annotated[str | None, typer.Option(help="loss weighting")] = None,
+    accum: Annotated[int | None, typer.Option(help="gradient accumulation steps")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    ckpt_every: Annotated[int | None, typer.Option(help="checkpoint period (steps)")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="evaluation period (steps)")] = None,
+    eval_batches: Annotated[int | None, typer.Option(help="batches per periodic eval")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers")] = None,
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", help="bf16 autocast (CUDA only; a no-op on CPU)")] = None,
+    compile: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="torch.compile the model")] = None,
+    tensorboard: Annotated[bool | None, typer.Option(
+        "--tensorboard/--no-tensorboard", help="TensorBoard event files beside log.jsonl")] = None,
+    sync_bn: Annotated[bool | None, typer.Option(
+        "--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (GPUs)")] = None,
+    nproc: Annotated[int, typer.Option(
+        help="processes on this machine (DDP via torch.distributed.run; one per GPU)")] = 1,
+    model_arg: Annotated[list[str] | None, typer.Option(help="arch kwarg KEY=VALUE")] = None,
+    out: Annotated[str | None, typer.Option(help="run directory")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML run configuration")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a model (defaults: the main demo job, TPIM on synthetic-nyud on CPU)."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        raise typer.Exit(_relaunch(ctx, nproc))
+    from mtlkit.config import RunConfig, load_config
+    from mtlkit.engine.report import metrics_table
+    from mtlkit.engine.trainer import train as run_train
+
+    if resume and config is None and out is not None and (Path(out) / "config.yaml").is_file():
+        config = Path(out) / "config.yaml"
+    cfg = load_config(config) if config else RunConfig()
+    if config is None:
+        cfg.model.arch = DEFAULT_ARCH
+    cfg.override("data", dataset=dataset, path=data, tasks=parse_list(tasks),
+                 aux_tasks=parse_list(aux_tasks), size=parse_size(size), augment=augment,
+                 num_workers=workers)
+    cfg.override("model", arch=arch, backbone=backbone, pretrained=pretrained)
+    cfg.model.kwargs.update(_model_args(model_arg))
+    cfg.override("train", steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                 weighting=weighting, accum=accum, seed=seed, ckpt_every=ckpt_every,
+                 eval_every=eval_every, eval_batches=eval_batches, amp=amp, out=out,
+                 compile=compile, tensorboard=tensorboard, sync_bn=sync_bn)
+    if out is None and (config is None or cfg.train.out == "runs/default"):
+        cfg.train.out = f"runs/{cfg.model.arch}-{cfg.data.dataset}"
+    main = int(os.environ.get("RANK", "0")) == 0
+    if cfg.train.amp and main and not _cuda_used():
+        console.print("note: --amp (bf16 autocast) applies on CUDA only; training in float32")
+    report = run_train(cfg, resume=resume, progress=not quiet, console=console)
+    if not main:
+        return
+    console.print(metrics_table(report["metrics"], title=(
+        f"{report['arch']} on {report['dataset']} after {report['steps']} steps "
+        f"({report['params'] / 1e6:.2f} M params, {report['images_per_s']:.1f} img/s)")))
+    console.print(f"run directory: [bold]{cfg.train.out}[/]")
+
+
+def _cuda_used() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("MTLKIT_DEVICE", "") != "cpu"
+
+
+def _relaunch(ctx: typer.Context, nproc: int) -> int:
+    """Run this same command under ``torch.distributed.run`` with ``nproc`` processes.
+
+    The child command is rebuilt from the parsed options (all but ``--nproc``), so it is the same
+    whether this process was started from a shell or from Python; returns the exit status.
+    """
+    argv: list[str] = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name or "")
+        if p.name == "nproc" or value is None or not getattr(p, "opts", None):
+            continue
+        if getattr(p, "is_flag", False):
+            if value:
+                argv.append(p.opts[0])
+            elif p.secondary_opts:
+                argv.append(p.secondary_opts[0])
+            continue
+        for v in value if p.multiple else [value]:
+            argv += [p.opts[0], str(v)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+           "--nproc_per_node", str(nproc), "-m", "cli.main", "train", *argv]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # so that ``-m cli.main`` resolves
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
+    return subprocess.call(cmd, env=env)
