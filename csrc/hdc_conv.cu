@@ -1,0 +1,666 @@
+// hdc_stage: one stage of the hybrid dilated depthwise-separable convolution stack of the BFCI
+// Task Feature Refiner (paper 000, Sec. 3.4, eq. 7; HDC dilations [1, 2, 5]).
+//
+//   y[b, ci, p]  = dw_b[ci] + sum_t dw_w[ci, t] x[b, ci, p + off_t]     (3x3 depthwise, dilation d,
+//                                                                     zero padding d, same size)
+//   z[b, co, p]  = pw_b[co] + sum_ci pw_w[co, ci] y[b, ci, p]         (1x1 pointwise)
+//   out          = relu(z)
+// with taps t = 3 * (dy + 1) + (dx + 1), dy, dx in {-1, 0, 1}, offset (dy * d, dx * d).
+// mtlkit.ops.hdc_conv chains S stages in Python (x (B, C_s, H, W) -> (B, C_{s+1}, H, W)).
+//
+// Forward (hdc_fwd_kernel): one CTA owns BM output channels x BN flattened pixels of one image.
+// For every BK-channel slice it computes the depthwise outputs of its pixels straight into the
+// shared-memory B operand (the 9 taps are read through L1; the depthwise output never reaches
+// global memory), stages the pointwise weights as the A operand, and accumulates the pointwise
+// product on tensor cores (float32 accumulators); bias + ReLU are applied in the epilogue.
+//
+// Backward, with gz = grad_out * (out > 0) (ReLU mask from the saved stage output):
+//   gy = pw_w^T gz                       hdc_grad_dw_kernel (tensor cores; gy -> global, dtype T)
+//   d pw_w = sum_{b,p} gz y^T            hdc_grad_pw_kernel: y recomputed on the fly, the pixel
+//   d pw_b = sum_{b,p} gz                  axis split into chunks, per-chunk partial sums
+//                                          (float32) and one at::sum over the chunks
+//   gx[q] = sum_t dw_w[t] gy[q - off_t]  hdc_grad_x_kernel, which also accumulates per-chunk
+//   d dw_w[t] = sum gy[p] x[p + off_t]     partials of the depthwise weight and bias gradients
+//   d dw_b = sum gy                        (all 9 taps and the bias in one pass, one reduction)
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "wmma_tile.cuh"
+
+namespace mtlkit {
+namespace {
+
+using tile::from_float;
+using tile::to_float;
+
+// Tile configuration of the three tile-GEMM kernels: BM rows (output channels for the forward
+// and the pointwise-weight gradient, input channels for the depthwise-output gradient) chosen per
+// launch from {64, 128, 256} so that a CTA covers up to 256 channels (the depthwise recompute
+// then happens once per pixel tile, not once per 64 channels); BN = 64 columns; BK = 32 deep;
+// warps of 32 x 32 (2 warps across BN); THREADS = 2 * BM. The float accumulator tile is written
+// out in passes of at most 128 rows, so every kernel stays within 48 KB of static shared memory.
+template <int BM_>
+struct HdcCfg {
+  static constexpr int BM = BM_, BN = 64, BK = 32;
+  static constexpr int WARPS_M = BM / 32, WARPS_N = 2;
+  static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+  static constexpr int PASS = BM < 128 ? BM : 128;
+  template <typename Mma>
+  static constexpr int smem_bytes() {
+    constexpr int c = PASS * Mma::LDC * static_cast<int>(sizeof(float));
+    return Mma::AB_BYTES > c ? Mma::AB_BYTES : c;
+  }
+};
+
+// Per-pixel tap geometry: bit t of `mask` says tap t of pixel (h, w) lies inside the image.
+__device__ __forceinline__ unsigned tap_mask(int h, int w, int H, int W, int d) {
+  unsigned mask = 0;
+#pragma unroll
+  for (int t = 0; t < 9; ++t) {
+    const int hh = h + (t / 3 - 1) * d, ww = w + (t % 3 - 1) * d;
+    if (hh >= 0 && hh < H && ww >= 0 && ww < W) mask |= 1u << t;
+  }
+  return mask;
+}
+__device__ __forceinline__ int tap_off(int t, int W, int d) {
+  return (t / 3 - 1) * d * W + (t % 3 - 1) * d;
+}
+
+// Depthwise output at pixel p of one channel plane xp, from 10 float weights (9 taps + bias).
+template <typename T>
+__device__ __forceinline__ float dw_value(const T* __restrict__ xp, int p, unsigned mask,
+                                          const float* w, int W, int d) {
+  float s = w[9];
+#pragma unroll
+  for (int t = 0; t < 9; ++t)
+    if (mask & (1u << t)) s += w[t] * to_float(xp[p + tap_off(t, W, d)]);
+  return s;
+}
+
+// ----------------------------------------------------------------------------- forward
+// out[b, co, p] = relu(pw_b[co] + sum_ci pw_w[co, ci] dw(x)[b, ci, p]).
+// grid = (ceil(P / BN), ceil(Cout / BM), B); vec: pw_w rows 16-byte aligned (Cin % V == 0).
+template <typename T, int BM>
+__global__ void __launch_bounds__(2 * BM)
+    hdc_fwd_kernel(const T* __restrict__ x, const T* __restrict__ dw_w,
+                   const T* __restrict__ dw_b, const T* __restrict__ pw_w,
+                   const T* __restrict__ pw_b, T* __restrict__ out, int Cin, int Cout, int H,
+                   int W, int d, bool vec) {
+  using Cfg = HdcCfg<BM>;
+  constexpr int BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::THREADS;
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  // A(m = co, k = ci) row-major (pw_w rows); B(k = ci, n = p) row-major (pixels contiguous).
+  using Mma = tile::TileMma<T, true, true, BM, BN, BK, Cfg::WARPS_M, Cfg::WARPS_N>;
+  static_assert(NT % BN == 0, "each thread owns one pixel column of the B tile");
+  __shared__ __align__(128) unsigned char smem[Cfg::template smem_bytes<Mma>()];
+  __shared__ float wsm[BK][10];  // depthwise taps + bias of the current channel slice
+  T* As = Mma::a_tile(smem);
+  T* Bs = Mma::b_tile(smem);
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int P = H * W;
+  const int p0 = static_cast<int>(blockIdx.x) * BN;
+  const int co0 = static_cast<int>(blockIdx.y) * BM;
+  const int64_t b = blockIdx.z;
+
+  // This thread's pixel column of the B tile (fixed for the whole kernel).
+  const int n = tid % BN;
+  const int p = p0 + n;
+  const bool pvalid = p < P;
+  const unsigned mask = pvalid ? tap_mask(p / W, p % W, H, W, d) : 0u;
+
+  Mma mma;
+  mma.init();
+  for (int k0 = 0; k0 < Cin; k0 += BK) {
+    for (int i = tid; i < BK * 10; i += NT) {
+      const int kk = i / 10, t = i % 10;
+      const int ci = k0 + kk;
+      float wv = 0.f;
+      if (ci < Cin) {
+        if (t < 9)
+          wv = to_float(dw_w[ci * 9 + t]);
+        else if (dw_b != nullptr)
+          wv = to_float(dw_b[ci]);
+      }
+      wsm[kk][t] = wv;
+    }
+    // A tile: As[m][kk] <- pw_w[co0 + m][k0 + kk], V channels per copy.
+    for (int i = tid; i < BM * (BK / V); i += NT) {
+      const int m = i / (BK / V), kv = (i % (BK / V)) * V;
+      const int co = co0 + m, ci = k0 + kv;
+      const int nvalid = co < Cout ? max(0, min(V, Cin - ci)) : 0;
+      tile::copy_vec(As + Mma::a_off(m, kv), pw_w + static_cast<int64_t>(co) * Cin + ci, nvalid,
+                     vec);
+    }
+    __syncthreads();  // wsm ready
+    // B tile: depthwise outputs of BK channels at this thread's pixel.
+    for (int kk = tid / BN; kk < BK; kk += NT / BN) {
+      const int ci = k0 + kk;
+      float s = 0.f;
+      if (pvalid && ci < Cin) s = dw_value(x + (b * Cin + ci) * P, p, mask, wsm[kk], W, d);
+      Bs[Mma::b_off(kk, n)] = from_float<T>(s);
+    }
+    __syncthreads();
+    mma.step(As, Bs);
+    __syncthreads();
+  }
+
+  float* Cs = Mma::c_tile(smem);
+  for (int r0 = 0; r0 < BM; r0 += Cfg::PASS) {
+    mma.store_rows(Cs, r0, Cfg::PASS);
+    __syncthreads();
+    for (int i = tid; i < Cfg::PASS * BN; i += NT) {
+      const int mr = i / BN, nn = i % BN;
+      const int co = co0 + r0 + mr, pp = p0 + nn;
+      if (co < Cout && pp < P) {
+        float v = Cs[mr * Mma::LDC + nn] + (pw_b != nullptr ? to_float(pw_b[co]) : 0.f);
+        v = (v > 0.f || v != v) ? v : 0.f;  // ReLU (NaN propagates like torch.relu)
+        out[(b * Cout + co) * P + pp] = from_float<T>(v);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ----------------------------------------------------------------------------- backward
+// gy[b, ci, p] = sum_co pw_w[co, ci] gz[b, co, p], gz = grad_out * (out > 0).
+// grid = (ceil(P / BN), ceil(Cin / BM), B); vec: pw_w rows 16-byte aligned (Cin % V == 0).
+template <typename T, int BM>
+__global__ void __launch_bounds__(2 * BM)
+    hdc_grad_dw_kernel(const T* __restrict__ gout, const T* __restrict__ out,
+                       const T* __restrict__ pw_w, T* __restrict__ gy, int Cin, int Cout, int P,
+                       bool vec) {
+  using Cfg = HdcCfg<BM>;
+  constexpr int BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::THREADS;
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  // A(m = ci, k = co) = pw_w[co, ci]: col-major staging (ci contiguous in global memory).
+  using Mma = tile::TileMma<T, false, true, BM, BN, BK, Cfg::WARPS_M, Cfg::WARPS_N>;
+  __shared__ __align__(128) unsigned char smem[Cfg::template smem_bytes<Mma>()];
+  T* As = Mma::a_tile(smem);
+  T* Bs = Mma::b_tile(smem);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int p0 = static_cast<int>(blockIdx.x) * BN;
+  const int ci0 = static_cast<int>(blockIdx.y) * BM;
+  const int64_t b = blockIdx.z;
+
+  Mma mma;
+  mma.init();
+  for (int k0 = 0; k0 < Cout; k0 += BK) {
+    // A tile: As[kk][m] <- pw_w[k0 + kk][ci0 + m], V channels per copy.
+    for (int i = tid; i < BK * (BM / V); i += NT) {
+      const int kk = i / (BM / V), mv = (i % (BM / V)) * V;
+      const int co = k0 + kk, ci = ci0 + mv;
+      const int nvalid = co < Cout ? max(0, min(V, Cin - ci)) : 0;
+      tile::copy_vec(As + Mma::a_off(mv, kk), pw_w + static_cast<int64_t>(co) * Cin + ci, nvalid,
+                     vec);
+    }
+    // B tile: Bs[kk][n] <- gz[b][k0 + kk][p0 + n].
+    for (int i = tid; i < BK * BN; i += NT) {
+      const int kk = i / BN, nn = i % BN;
+      const int co = k0 + kk, p = p0 + nn;
+      T v = from_float<T>(0.f);
+      if (co < Cout && p < P) {
+        const int64_t idx = (b * Cout + co) * P + p;
+        if (to_float(out[idx]) > 0.f) v = gout[idx];
+      }
+      Bs[Mma::b_off(kk, nn)] = v;
+    }
+    __syncthreads();
+    mma.step(As, Bs);
+    __syncthreads();
+  }
+
+  float* Cs = Mma::c_tile(smem);
+  for (int r0 = 0; r0 < BM; r0 += Cfg::PASS) {
+    mma.store_rows(Cs, r0, Cfg::PASS);
+    __syncthreads();
+    for (int i = tid; i < Cfg::PASS * BN; i += NT) {
+      const int mr = i / BN, nn = i % BN;
+      const int ci = ci0 + r0 + mr, p = p0 + nn;
+      if (ci < Cin && p < P) gy[(b * Cin + ci) * P + p] = from_float<T>(Cs[mr * Mma::LDC + nn]);
+    }
+    __syncthreads();
+  }
+}
+
+// Partial pointwise gradients over one pixel chunk of one image (z = b * nchunk + chunk):
+//   part_w[z, co, ci] = sum_{p in chunk} gz[b, co, p] y[b, ci, p]   (y recomputed from x)
+//   part_b[z, co]     = sum_{p in chunk} gz[b, co, p]               (CTAs with blockIdx.x == 0)
+// grid = (ceil(Cin / BN), ceil(Cout / BM), B * nchunk).
+template <typename T, int BM>
+__global__ void __launch_bounds__(2 * BM)
+    hdc_grad_pw_kernel(const T* __restrict__ gout, const T* __restrict__ out,
+                       const T* __restrict__ x, const T* __restrict__ dw_w,
+                       const T* __restrict__ dw_b, float* __restrict__ part_w,
+                       float* __restrict__ part_b, int Cin, int Cout, int H, int W, int d,
+                       int nchunk, int chunk) {
+  using Cfg = HdcCfg<BM>;
+  constexpr int BN = Cfg::BN, BK = Cfg::BK, NT = Cfg::THREADS;
+  // A(m = co, k = p) = gz: row-major (pixels contiguous); B(k = p, n = ci) = y[ci, p]:
+  // col-major staging Bs[n][k] (pixels contiguous).
+  using Mma = tile::TileMma<T, true, false, BM, BN, BK, Cfg::WARPS_M, Cfg::WARPS_N>;
+  static_assert(BK == 32 && NT % BK == 0, "one warp per A-tile row, lane = pixel");
+  constexpr int kRowsPerPass = NT / BK;         // warps per CTA
+  constexpr int kAPasses = BM / kRowsPerPass;   // A rows per thread (16)
+  static_assert(BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0, "tile split");
+  __shared__ __align__(128) unsigned char smem[Cfg::template smem_bytes<Mma>()];
+  __shared__ float wsm[BN][10];  // depthwise taps + bias of this CTA's input channels
+  T* As = Mma::a_tile(smem);
+  T* Bs = Mma::b_tile(smem);
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int P = H * W;
+  const int ci0 = static_cast<int>(blockIdx.x) * BN;
+  const int co0 = static_cast<int>(blockIdx.y) * BM;
+  const int z = static_cast<int>(blockIdx.z);
+  const int64_t b = z / nchunk;
+  const int pstart = (z % nchunk) * chunk;
+  const int pend = min(P, pstart + chunk);
+  const bool bias_cta = blockIdx.x == 0;
+
+  for (int i = tid; i < BN * 10; i += NT) {
+    const int nn = i / 10, t = i % 10;
+    const int ci = ci0 + nn;
+    float wv = 0.f;
+    if (ci < Cin) {
+      if (t < 9)
+        wv = to_float(dw_w[ci * 9 + t]);
+      else if (dw_b != nullptr)
+        wv = to_float(dw_b[ci]);
+    }
+    wsm[nn][t] = wv;
+  }
+  // (wsm is first read after the first __syncthreads of the loop.)
+
+  const int kk = tid % BK;   // this thread's pixel column in both tiles (its lane)
+  const int row = tid / BK;  // its warp: first A row / B column handled by this thread
+  float bsum[kAPasses];
+#pragma unroll
+  for (int r = 0; r < kAPasses; ++r) bsum[r] = 0.f;
+
+  Mma mma;
+  mma.init();
+  for (int k0 = pstart; k0 < pend; k0 += BK) {
+    const int p = k0 + kk;
+    const bool pvalid = p < pend;
+    // A tile: gz rows.
+#pragma unroll
+    for (int r = 0; r < kAPasses; ++r) {
+      const int m = row + r * kRowsPerPass;
+      const int co = co0 + m;
+      float g = 0.f;
+      if (pvalid && co < Cout) {
+        const int64_t idx = (b * Cout + co) * P + p;
+        if (to_float(out[idx]) > 0.f) g = to_float(gout[idx]);
+      }
+      bsum[r] += g;
+      As[Mma::a_off(m, kk)] = from_float<T>(g);
+    }
+    __syncthreads();  // wsm ready on the first pass
+    // B tile: recomputed depthwise outputs y[ci, p].
+    const unsigned mask = pvalid ? tap_mask(p / W, p % W, H, W, d) : 0u;
+    for (int nn = row; nn < BN; nn += kRowsPerPass) {
+      const int ci = ci0 + nn;
+      float s = 0.f;
+      if (pvalid && ci < Cin) s = dw_value(x + (b * Cin + ci) * P, p, mask, wsm[nn], W, d);
+      Bs[Mma::b_off(kk, nn)] = from_float<T>(s);
+    }
+    __syncthreads();
+    mma.step(As, Bs);
+    __syncthreads();
+  }
+
+  float* Cs = Mma::c_tile(smem);
+  float* pw = part_w + static_cast<int64_t>(z) * Cout * Cin;
+  for (int r0 = 0; r0 < BM; r0 += Cfg::PASS) {
+    mma.store_rows(Cs, r0, Cfg::PASS);
+    __syncthreads();
+    for (int i = tid; i < Cfg::PASS * BN; i += NT) {
+      const int mr = i / BN, nn = i % BN;
+      const int co = co0 + r0 + mr, ci = ci0 + nn;
+      if (co < Cout && ci < Cin) pw[static_cast<int64_t>(co) * Cin + ci] = Cs[mr * Mma::LDC + nn];
+    }
+    __syncthreads();
+  }
+  if (bias_cta) {
+    // Lanes of a warp share the A row (row = tid / 32): reduce over the 32 pixels.
+#pragma unroll
+    for (int r = 0; r < kAPasses; ++r) {
+      const float s = tile::warp_sum(bsum[r]);
+      const int co = co0 + row + r * kRowsPerPass;
+      if (kk == 0 && co < Cout) part_b[static_cast<int64_t>(z) * Cout + co] = s;
+    }
+  }
+}
+
+// gx[b, ci, q] = sum_t dw_w[ci, t] gy[b, ci, q - off_t] (sources inside the image) and partials
+// part[(b * nchunk + chunk), ci, t] = sum_{p in chunk} gy[p] x[p + off_t] (t < 9), gy[p] (t = 9).
+// grid = (nchunk, Cin, B), 256 threads, chunk = pixels per CTA.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    hdc_grad_x_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                      const T* __restrict__ dw_w, T* __restrict__ gx, float* __restrict__ part,
+                      int Cin, int H, int W, int d, int chunk) {
+  __shared__ float red[8][10];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int P = H * W;
+  const int ci = static_cast<int>(blockIdx.y);
+  const int64_t b = blockIdx.z;
+  const int64_t plane = (b * Cin + ci) * P;
+  const T* gyp = gy + plane;
+  const T* xp = x + plane;
+  T* gxp = gx + plane;
+  float w[9];
+#pragma unroll
+  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[ci * 9 + t]);
+  float acc[10];
+#pragma unroll
+  for (int t = 0; t < 10; ++t) acc[t] = 0.f;
+
+  const int pstart = static_cast<int>(blockIdx.x) * chunk;
+  const int pend = min(P, pstart + chunk);
+  for (int p = pstart + tid; p < pend; p += 256) {
+    const int h = p / W, wc = p % W;
+    const unsigned mask = tap_mask(h, wc, H, W, d);
+    const float g = to_float(gyp[p]);
+    float gsum = 0.f;
+#pragma unroll
+    for (int t = 0; t < 9; ++t) {
+      const int off = tap_off(t, W, d);
+      // forward tap t of pixel p read x[p + off_t]
+      if (mask & (1u << t)) acc[t] += g * to_float(xp[p + off]);
+      // pixel p' = p - off_t used x[p] through tap t; it exists iff the mirrored tap
+      // 8 - t of p lies inside the image (same offset, opposite sign).
+      if (mask & (1u << (8 - t))) gsum += w[t] * to_float(gyp[p - off]);
+    }
+    acc[9] += g;
+    gxp[p] = from_float<T>(gsum);
+  }
+  const int lane = tid % 32, warp = tid / 32;
+#pragma unroll
+  for (int t = 0; t < 10; ++t) {
+    const float s = tile::warp_sum(acc[t]);
+    if (lane == 0) red[warp][t] = s;
+  }
+  __syncthreads();
+  if (tid < 10) {
+    float s = 0.f;
+#pragma unroll
+    for (int wp = 0; wp < 8; ++wp) s += red[wp][tid];
+    part[(static_cast<int64_t>(b) * gridDim.x + blockIdx.x) * Cin * 10 + ci * 10 + tid] = s;
+  }
+}
+
+// ----------------------------------------------------------------------------- host side
+template <typename T>
+const T* cptr(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr());
+}
+template <typename T>
+T* mptr(const at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+template <typename T>
+const T* optr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
+}
+
+template <typename F>
+void dispatch_dtype(at::ScalarType dt, const char* what, F&& f) {
+  switch (dt) {
+    case at::kFloat:
+      f(float{});
+      break;
+    case at::kBFloat16:
+      f(__nv_bfloat16{});
+      break;
+    case at::kHalf:
+      f(__half{});
+      break;
+    default:
+      TORCH_CHECK(false, what, ": unsupported dtype ", dt, " (float32, bfloat16, float16)");
+  }
+}
+
+// BM (rows per CTA) of the tile-GEMM kernels for `rows` channels, and its dispatch.
+int pick_bm(int64_t rows) { return rows <= 64 ? 64 : (rows <= 128 ? 128 : 256); }
+
+template <typename F>
+void dispatch_bm(int bm, F&& f) {
+  if (bm == 64)
+    f(std::integral_constant<int, 64>{});
+  else if (bm == 128)
+    f(std::integral_constant<int, 128>{});
+  else
+    f(std::integral_constant<int, 256>{});
+}
+
+// 16-byte vector loads of pw_w rows are legal (aligned base, rows a multiple of 16 bytes).
+bool pw_vec_ok(const at::Tensor& pw_w) {
+  return reinterpret_cast<std::uintptr_t>(pw_w.data_ptr()) % 16 == 0 &&
+         (pw_w.size(1) * pw_w.element_size()) % 16 == 0;
+}
+
+struct Shapes {
+  int64_t B, Cin, Cout, H, W;
+};
+
+Shapes check_stage(const char* op, const at::Tensor& x, const at::Tensor& dw_w,
+                   const std::optional<at::Tensor>& dw_b, const at::Tensor& pw_w,
+                   const std::optional<at::Tensor>& pw_b, int64_t dilation) {
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  TORCH_CHECK(x.dim() == 4, op, ": x must have shape (B, C_in, H, W), got ", x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
+              ": x must be float32, bfloat16 or float16, got ", dt);
+  const int64_t B = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ",
+                t.device());
+    TORCH_CHECK(t.scalar_type() == dt, op, ": ", name, " must have dtype ", dt, " like x, got ",
+                t.scalar_type());
+  };
+  TORCH_CHECK(dw_w.dim() == 4 && dw_w.size(0) == Cin && dw_w.size(1) == 1 && dw_w.size(2) == 3 &&
+                  dw_w.size(3) == 3,
+              op, ": dw_weight must have shape (C_in, 1, 3, 3) = (", Cin, ", 1, 3, 3), got ",
+              dw_w.sizes());
+  same(dw_w, "dw_weight");
+  if (dw_b.has_value()) {
+    TORCH_CHECK(dw_b->dim() == 1 && dw_b->size(0) == Cin, op,
+                ": dw_bias must have shape (C_in,) = (", Cin, ",), got ", dw_b->sizes());
+    same(*dw_b, "dw_bias");
+  }
+  TORCH_CHECK(pw_w.dim() == 2 && pw_w.size(1) == Cin, op,
+              ": pw_weight must have shape (C_out, C_in) = (C_out, ", Cin, "), got ",
+              pw_w.sizes());
+  same(pw_w, "pw_weight");
+  const int64_t Cout = pw_w.size(0);
+  if (pw_b.has_value()) {
+    TORCH_CHECK(pw_b->dim() == 1 && pw_b->size(0) == Cout, op,
+                ": pw_bias must have shape (C_out,) = (", Cout, ",), got ", pw_b->sizes());
+    same(*pw_b, "pw_bias");
+  }
+  TORCH_CHECK(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  // Flat tap offsets (dy * d * W + dx * d, d clamped by effective_dilation) must fit in int.
+  const int64_t d_eff = std::min<int64_t>(dilation, std::max<int64_t>({H, W, 1}));
+  TORCH_CHECK(H * W + d_eff * (W + 1) < (int64_t{1} << 31), op,
+              ": H * W too large for the kernel, got ", H, " x ", W);
+  TORCH_CHECK(B <= 65535 && Cin <= 65535 && Cout <= 65535, op,
+              ": batch and channel counts must be <= 65535, got B=", B, ", C_in=", Cin,
+              ", C_out=", Cout);
+  return {B, Cin, Cout, H, W};
+}
+
+std::optional<at::Tensor> contig(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return std::nullopt;
+  return t->contiguous();
+}
+
+// A dilation >= max(H, W) puts every off-centre tap outside the image, exactly like
+// max(H, W) itself does, so the kernels use the clamped value (keeps flat offsets small).
+int effective_dilation(int64_t d, int64_t H, int64_t W) {
+  return static_cast<int>(std::min<int64_t>(d, std::max<int64_t>({H, W, 1})));
+}
+
+void check_arch() {
+  TORCH_CHECK(at::cuda::getCurrentDeviceProperties()->major >= 8,
+              "hdc_stage: the CUDA kernel needs compute capability >= 8.0");
+}
+
+// mtlkit::hdc_stage(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation) -> out
+at::Tensor hdc_stage_cuda(const at::Tensor& x_in, const at::Tensor& dw_w_in,
+                          const std::optional<at::Tensor>& dw_b_in, const at::Tensor& pw_w_in,
+                          const std::optional<at::Tensor>& pw_b_in, int64_t dilation) {
+  const Shapes s = check_stage("hdc_stage", x_in, dw_w_in, dw_b_in, pw_w_in, pw_b_in, dilation);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), dw_w = dw_w_in.contiguous(), pw_w = pw_w_in.contiguous();
+  const auto dw_b = contig(dw_b_in), pw_b = contig(pw_b_in);
+  at::Tensor out = at::empty({s.B, s.Cout, s.H, s.W}, x.options());
+  if (out.numel() == 0) return out;
+  if (s.Cin == 0) {  // empty contraction: relu(bias)
+    if (pw_b.has_value())
+      out.copy_(at::relu(*pw_b).view({1, s.Cout, 1, 1}).expand_as(out));
+    else
+      out.zero_();
+    return out;
+  }
+  check_arch();
+  const int P = static_cast<int>(s.H * s.W);
+  const int bm = pick_bm(s.Cout);
+  const bool vec = pw_vec_ok(pw_w);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_dtype(x.scalar_type(), "hdc_stage", [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_bm(bm, [&](auto bm_tag) {
+      constexpr int BM = decltype(bm_tag)::value;
+      const dim3 grid((P + HdcCfg<BM>::BN - 1) / HdcCfg<BM>::BN,
+                      static_cast<unsigned>((s.Cout + BM - 1) / BM), static_cast<unsigned>(s.B));
+      hdc_fwd_kernel<T, BM><<<grid, HdcCfg<BM>::THREADS, 0, stream>>>(
+          cptr<T>(x), cptr<T>(dw_w), optr<T>(dw_b), cptr<T>(pw_w), optr<T>(pw_b), mptr<T>(out),
+          static_cast<int>(s.Cin), static_cast<int>(s.Cout), static_cast<int>(s.H),
+          static_cast<int>(s.W), effective_dilation(dilation, s.H, s.W), vec);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+// mtlkit::hdc_stage_backward(grad_out, x, out, dw_weight, dw_bias, pw_weight, dilation)
+//   -> (grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage_backward_cuda(
+    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& out_in,
+    const at::Tensor& dw_w_in, const std::optional<at::Tensor>& dw_b_in,
+    const at::Tensor& pw_w_in, int64_t dilation) {
+  const Shapes s =
+      check_stage("hdc_stage_backward", x_in, dw_w_in, dw_b_in, pw_w_in, std::nullopt, dilation);
+  for (const at::Tensor* t : {&grad_out_in, &out_in}) {
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == s.B && t->size(1) == s.Cout &&
+                    t->size(2) == s.H && t->size(3) == s.W,
+                "hdc_stage_backward: grad_out and out must have shape (B, C_out, H, W) = (", s.B,
+                ", ", s.Cout, ", ", s.H, ", ", s.W, "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == x_in.scalar_type() && t->device() == x_in.device(),
+                "hdc_stage_backward: grad_out and out must match x in dtype and device");
+  }
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), dw_w = dw_w_in.contiguous(), pw_w = pw_w_in.contiguous();
+  const at::Tensor gout = grad_out_in.contiguous(), out = out_in.contiguous();
+  const auto dw_b = contig(dw_b_in);
+  const auto opts = x.options();
+  const auto fopts = opts.dtype(at::kFloat);
+
+  if (x.numel() == 0 || s.Cout == 0) {
+    return {at::zeros_like(x), at::zeros_like(dw_w), at::zeros({s.Cin}, opts), at::zeros_like(pw_w),
+            at::zeros({s.Cout}, opts)};
+  }
+  check_arch();
+  const int P = static_cast<int>(s.H * s.W);
+  const int B = static_cast<int>(s.B), Cin = static_cast<int>(s.Cin);
+  const int Cout = static_cast<int>(s.Cout), H = static_cast<int>(s.H), W = static_cast<int>(s.W);
+  const int d = effective_dilation(dilation, s.H, s.W);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+
+  // 1) gy = pw_w^T gz (dtype T, (B, C_in, H, W)).
+  at::Tensor gy = at::empty_like(x);
+  at::Tensor gx = at::empty_like(x);  // every element written by hdc_grad_x_kernel
+  // 2) pointwise weight/bias partials over pixel chunks (about 4 CTAs per SM in total).
+  constexpr int kBN = 64, kBK = 32;  // HdcCfg<*>::BN, ::BK
+  const int bm_dw = pick_bm(Cin), bm_pw = pick_bm(Cout);
+  const int tiles_pw = ((Cin + kBN - 1) / kBN) * ((Cout + bm_pw - 1) / bm_pw);
+  const int64_t want_z = std::max<int64_t>(1, (4LL * sms + tiles_pw - 1) / tiles_pw);
+  int nchunk_pw = static_cast<int>(std::min<int64_t>((want_z + B - 1) / B, 65535));
+  nchunk_pw = std::min({nchunk_pw, (P + kBK - 1) / kBK, std::max(1, 65535 / B)});
+  nchunk_pw = std::max(nchunk_pw, 1);
+  int chunk_pw = (P + nchunk_pw - 1) / nchunk_pw;
+  chunk_pw = (chunk_pw + kBK - 1) / kBK * kBK;
+  nchunk_pw = (P + chunk_pw - 1) / chunk_pw;
+  TORCH_CHECK(static_cast<int64_t>(B) * nchunk_pw <= 65535,
+              "hdc_stage_backward: batch too large for the pointwise-gradient grid");
+  at::Tensor part_w = at::empty({static_cast<int64_t>(B) * nchunk_pw, Cout, Cin}, fopts);
+  at::Tensor part_pb = at::zeros({static_cast<int64_t>(B) * nchunk_pw, Cout}, fopts);
+  // 3) gx and depthwise partials.
+  const int chunk_x = 256 * 16;
+  const int nchunk_x = (P + chunk_x - 1) / chunk_x;
+  at::Tensor part_dw = at::empty({static_cast<int64_t>(B) * nchunk_x, Cin, 10}, fopts);
+  const bool vec = pw_vec_ok(pw_w);
+
+  dispatch_dtype(x.scalar_type(), "hdc_stage_backward", [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_bm(bm_dw, [&](auto bm_tag) {
+      constexpr int BM = decltype(bm_tag)::value;
+      const dim3 g1((P + kBN - 1) / kBN, (Cin + BM - 1) / BM, B);
+      hdc_grad_dw_kernel<T, BM><<<g1, HdcCfg<BM>::THREADS, 0, stream>>>(
+          cptr<T>(gout), cptr<T>(out), cptr<T>(pw_w), mptr<T>(gy), Cin, Cout, P, vec);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    dispatch_bm(bm_pw, [&](auto bm_tag) {
+      constexpr int BM = decltype(bm_tag)::value;
+      const dim3 g2((Cin + kBN - 1) / kBN, (Cout + BM - 1) / BM, B * nchunk_pw);
+      hdc_grad_pw_kernel<T, BM><<<g2, HdcCfg<BM>::THREADS, 0, stream>>>(
+          cptr<T>(gout), cptr<T>(out), cptr<T>(x), cptr<T>(dw_w), optr<T>(dw_b),
+          part_w.data_ptr<float>(), part_pb.data_ptr<float>(), Cin, Cout, H, W, d, nchunk_pw,
+          chunk_pw);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    const dim3 g3(nchunk_x, Cin, B);
+    hdc_grad_x_kernel<T><<<g3, 256, 0, stream>>>(cptr<T>(gy), cptr<T>(x), cptr<T>(dw_w),
+                                                 mptr<T>(gx), part_dw.data_ptr<float>(), Cin, H,
+                                                 W, d, chunk_x);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+
+  const at::Tensor dws = part_dw.sum(0);  // (C_in, 10) float32
+  at::Tensor g_dw_w = dws.narrow(1, 0, 9).reshape({Cin, 1, 3, 3}).to(dw_w.scalar_type());
+  at::Tensor g_dw_b = dws.select(1, 9).to(dw_w.scalar_type()).contiguous();
+  at::Tensor g_pw_w = part_w.sum(0).to(pw_w.scalar_type());
+  at::Tensor g_pw_b = part_pb.sum(0).to(pw_w.scalar_type());
+  return {gx, g_dw_w, g_dw_b, g_pw_w, g_pw_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mtlkit, m) {
+  m.def(
+      "hdc_stage(Tensor x, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, Tensor? pw_bias,"
+      " int dilation) -> Tensor");
+  m.def(
+      "hdc_stage_backward(Tensor grad_out, Tensor x, Tensor out, Tensor dw_weight,"
+      " Tensor? dw_bias, Tensor pw_weight, int dilation)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mtlkit, CUDA, m) {
+  m.impl("hdc_stage", &hdc_stage_cuda);
+  m.impl("hdc_stage_backward", &hdc_stage_backward_cuda);
+}
+
+}  // namespace mtlkit

@@ -1,0 +1,157 @@
+"""CUDA kernels of hdc_conv (BFCI TFR, paper 000, eq. 7; HDC stages) against float64.
+
+Marked ``cuda``: skipped without a GPU (tests/conftest.py). With a GPU but no compiled extension
+the tests skip too, unless ``MTLKIT_REQUIRE_EXT=1`` (then they fail).
+
+Accuracy rule (OPS.md): float32 relative error well under 1e-4 (3xTF32 tensor cores keep float32
+accuracy); bfloat16 at most ~2x the error of the PyTorch reference run in bfloat16. Relative
+error = max |x - x64| / max |x64| over each tensor.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import mtlkit.ops as ops
+from mtlkit.ops import reference
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(autouse=True)
+def _need_kernels(monkeypatch):
+    if not ops.HAS_CUDA_OPS:
+        if os.environ.get("MTLKIT_REQUIRE_EXT") == "1":
+            pytest.fail(f"mtlkit._C required but unavailable: {ops.CUDA_OPS_ERROR}")
+        pytest.skip(f"CUDA extension unavailable: {ops.CUDA_OPS_ERROR}")
+    monkeypatch.setenv("MTLKIT_KERNELS", "1")
+
+
+def rel_err(x: torch.Tensor, truth: torch.Tensor) -> float:
+    truth = truth.double()
+    return ((x.double() - truth).abs().max() / truth.abs().max().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, chans, H, W, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g) * scale).cuda().to(dtype).requires_grad_()
+
+    S = len(chans) - 1
+    return dict(
+        x=r(B, chans[0], H, W),
+        dw=[r(chans[s], 1, 3, 3, scale=1 / 3) for s in range(S)],
+        db=[r(chans[s], scale=0.1) if bias else None for s in range(S)],
+        pw=[r(chans[s + 1], chans[s], scale=chans[s] ** -0.5) for s in range(S)],
+        pb=[r(chans[s + 1], scale=0.1) if bias else None for s in range(S)],
+    )
+
+
+def leaves(p):
+    return [p["x"], *p["dw"], *[b for b in p["db"] if b is not None], *p["pw"],
+            *[b for b in p["pb"] if b is not None]]
+
+
+def run(fn, p, dilations, grad):
+    out = fn(p["x"], p["dw"], p["db"], p["pw"], p["pb"], dilations=dilations)
+    grads = torch.autograd.grad(out, leaves(p), grad.to(out.dtype))
+    return out, grads
+
+
+def to64(p):
+    def c(t):
+        return None if t is None else t.detach().double().requires_grad_()
+
+    return {k: ([c(t) for t in v] if isinstance(v, list) else c(v)) for k, v in p.items()}
+
+
+CASES = [
+    # B, chans, H, W, dilations
+    (1, [16, 16], 1, 1, (1,)),                       # 1x1 image, batch 1
+    (2, [3, 5, 7, 4], 7, 9, (1, 2, 5)),               # odd sizes, channel counts off the tiles
+    (1, [32, 32, 32], 13, 17, (3, 7)),                 # dilations other than (1, 2, 5)
+    (2, [20, 70, 33, 20, 8], 11, 6, (1, 4, 2, 9)),     # four stages, d = 9 >= H
+    (1, [64, 64, 64, 64], 33, 40, (1, 2, 5)),          # several 128-pixel tiles with a tail
+    (1, [256, 256], 12, 20, (2,)),                     # C = 256 (the issue's width)
+    (2, [8, 8], 5, 3, (100,)),                         # dilation far beyond the image
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_backward_vs_float64(case, dtype, bias):
+    B, chans, H, W, dil = case
+    p = make_inputs(B, chans, H, W, dtype, bias=bias)
+    # the truth sees the same dtype-rounded grad_out as the kernel
+    grad = torch.randn(B, chans[-1], H, W, generator=torch.Generator().manual_seed(1))
+    grad = grad.to(dtype).cuda()
+    out, grads = run(ops.hdc_conv, p, dil, grad)
+    out64, grads64 = run(reference.hdc_conv, to64(p), dil, grad.double())
+    assert out.dtype == dtype and out.shape == (B, chans[-1], H, W)
+    if dtype == torch.float32:
+        assert rel_err(out, out64) < 2e-5
+        for g, g64 in zip(grads, grads64, strict=True):
+            assert rel_err(g, g64) < 1e-4
+    else:
+        ref_out, ref_grads = run(reference.hdc_conv, p, dil, grad)
+        assert rel_err(out, out64) <= 2.0 * rel_err(ref_out, out64) + 2e-3
+        for g, rg, g64 in zip(grads, ref_grads, grads64, strict=True):
+            assert rel_err(g, g64) <= 2.0 * rel_err(rg, g64) + 4e-3
+
+
+def test_fresh_random_inputs_many_seeds():
+    for seed in range(4):
+        p = make_inputs(2, [24, 40, 24], 15, 19, torch.float32, seed=seed)
+        out = ops.hdc_conv(p["x"], p["dw"], p["db"], p["pw"], p["pb"], dilations=(1, 3))
+        q = to64(p)
+        out64 = reference.hdc_conv(q["x"], q["dw"], q["db"], q["pw"], q["pb"], dilations=(1, 3))
+        assert rel_err(out, out64) < 2e-5
+
+
+def test_kernel_switch(monkeypatch):
+    p = make_inputs(1, [16, 24, 16], 9, 10, torch.float32)
+    args = (p["x"], p["dw"], p["db"], p["pw"], p["pb"])
+    a = ops.hdc_conv(*args)
+    monkeypatch.setenv("MTLKIT_KERNELS", "0")
+    torch.testing.assert_close(a, ops.hdc_conv(*args), rtol=1e-4, atol=1e-5)
+
+
+def test_depthwise_output_never_materialised():
+    """Forward without grad allocates only the output of each stage (no (B, C, H, W) temp)."""
+    p = make_inputs(2, [128, 128], 64, 96, torch.bfloat16)
+    x, dw, pw = p["x"].detach(), p["dw"][0].detach(), p["pw"][0].detach()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = torch.ops.mtlkit.hdc_stage(x, dw, None, pw, None, 2)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra <= out.numel() * out.element_size() + 2**20
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(dtype, bias):
+    p = make_inputs(2, [12, 20], 7, 11, dtype, bias=bias)
+    for d in (1, 5):
+        torch.library.opcheck(torch.ops.mtlkit.hdc_stage.default,
+                              (p["x"], p["dw"][0], p["db"][0], p["pw"][0], p["pb"][0], d))
+
+
+def test_torch_compile():
+    p = make_inputs(1, [16, 16, 16], 10, 12, torch.float32)
+
+    def f(x, dw, db, pw, pb):
+        return ops.hdc_conv(x, dw, db, pw, pb, dilations=(2, 5))
+
+    out = torch.compile(f)(p["x"], p["dw"], p["db"], p["pw"], p["pb"])
+    out.sum().backward()
+    q = to64(p)
+    out64 = reference.hdc_conv(q["x"], q["dw"], q["db"], q["pw"], q["pb"], dilations=(2, 5))
+    assert rel_err(out, out64) < 2e-5
+    assert p["x"].grad is not None and p["pw"][1].grad is not None
