@@ -1,0 +1,154 @@
+"""PAD-Net (single-scale case of MTI-Net, paper 004): shapes for every task set and with auxiliary
+tasks, the spatial-attention distillation against eq. 1 restated by hand, task-set resolution,
+kwargs validation, the presets, and a short training run on synthetic data that lowers the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtlkit.config import load_config
+from mtlkit.errors import ConfigError
+from mtlkit.models import create_model
+from mtlkit.models.padnet import SpatialAttentionDistillation, resolve_tasks
+from mtlkit.registry import ARCHS
+
+TASK_SETS = {
+    "nyud": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
+    "seg+depth": {"semseg": 40, "depth": 1},
+    "pascal": {"semseg": 21, "parts": 7, "saliency": 1, "normals": 3, "edge": 1},
+}
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("padnet_*.yaml"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """These small models run fastest on one thread; two threads spin badly on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("task_set", list(TASK_SETS))
+def test_forward_backward_shapes(task_set: str) -> None:
+    torch.manual_seed(0)
+    tasks = TASK_SETS[task_set]
+    model = ARCHS.get("padnet")(tasks, backbone="tiny")
+    out = model(torch.randn(2, 3, 64, 80))
+    assert {t: tuple(v.shape) for t, v in out["final"].items()} == {
+        t: (2, c, 64, 80) for t, c in tasks.items()
+    }
+    assert len(out["aux"]) == 1  # initial predictions at 1/4
+    assert {t: tuple(v.shape) for t, v in out["aux"][0].items()} == {
+        t: (2, c, 16, 20) for t, c in tasks.items()
+    }
+    loss = sum(v.mean() for v in out["final"].values())
+    loss = loss + sum(v.mean() for v in out["aux"][0].values())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.aux_weight == 1.0
+
+
+def test_aux_tasks_front_end_only() -> None:
+    """PAD-Net (N+E): auxiliary tasks are predicted and distilled from, never output as final."""
+    model = create_model("padnet", {"semseg": 40, "depth": 1}, aux_tasks=["normals", "edge"])
+    assert model.tasks == {"semseg": 40, "depth": 1} and model.aux_tasks == ["normals", "edge"]
+    out = model(torch.randn(2, 3, 64, 80))
+    assert set(out["final"]) == {"semseg", "depth"}
+    assert {t: v.shape[1] for t, v in out["aux"][0].items()} == {
+        "semseg": 40, "depth": 1, "normals": 3, "edge": 1
+    }
+    assert set(model.distill.feat) == {"semseg", "depth", "normals", "edge"}
+
+
+def test_resolve_tasks() -> None:
+    main, front = resolve_tasks({"semseg": 9, "depth": 1, "edge": 1}, ["edge", "normals"],
+                                {"normals": 4})
+    assert main == {"semseg": 9, "depth": 1}
+    assert front == {"semseg": 9, "depth": 1, "edge": 1, "normals": 4}
+    assert resolve_tasks({"semseg": 9}, ["normals"])[1]["normals"] == 3  # mtlkit.tasks default
+    with pytest.raises(ConfigError):
+        resolve_tasks({"edge": 1}, ["edge"])
+    with pytest.raises(ConfigError):
+        resolve_tasks({})
+
+
+def test_distillation_matches_eq1() -> None:
+    """F_k^o = F_k + sum_{l != k} sigmoid(W_{k,l} F_l) * (W'_{k,l} F_l), restated per pair with
+    each pair's own slice of the per-source convolutions."""
+    torch.manual_seed(3)
+    c = 5
+    targets, sources = ["a", "b"], ["a", "b", "c"]
+    mod = SpatialAttentionDistillation(targets, sources, c).double()
+    feats = {t: torch.randn(2, c, 6, 7, dtype=torch.float64) for t in sources}
+    with torch.no_grad():
+        out = mod(feats)
+        for k in targets:
+            want = feats[k].clone()
+            for s in sources:
+                if s == k:
+                    continue
+                j = mod.routes[s].index(k)
+                sl = slice(j * c, (j + 1) * c)
+                w_feat = mod.feat[s].weight[sl]
+                w_att, b_att = mod.attn[s].weight[sl], mod.attn[s].bias[sl]
+                att = torch.sigmoid(F.conv2d(feats[s], w_att, b_att, padding=1))
+                want += att * F.conv2d(feats[s], w_feat, padding=1)
+            torch.testing.assert_close(out[k], want)
+    assert mod.routes == {"a": ["b"], "b": ["a"], "c": ["a", "b"]}
+
+
+def test_kwargs_validation() -> None:
+    tasks = {"semseg": 9, "depth": 1}
+    with pytest.raises(ConfigError, match="head_blok"):
+        create_model("padnet", tasks, head_blok=1)
+    with pytest.raises(ConfigError, match="block"):
+        create_model("padnet", tasks, block="dense")
+    with pytest.raises(ConfigError):
+        create_model("padnet", tasks, channels=0)
+    m = create_model("padnet", tasks, channels=8, fuse_channels=None, block="bottleneck",
+                     head_blocks=0, front_blocks=1)
+    assert m(torch.randn(1, 3, 32, 40))["final"]["depth"].shape == (1, 1, 32, 40)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_presets(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model.arch == "padnet" and cfg.model.backbone.startswith("timm:hrnet")
+    assert cfg.train.optimizer == "adam" and cfg.train.lr == 1e-4 and cfg.train.batch_size == 8
+    tasks = {t: 2 for t in cfg.data.tasks}
+    model = create_model("padnet", tasks, "tiny", **{**cfg.model.kwargs, "channels": 8}).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32))["final"].keys() == tasks.keys()
+
+
+def test_training_lowers_loss(tiny_h5: Path) -> None:
+    from mtlkit.data import build_dataset, collate
+    from mtlkit.engine.trainer import compute_losses
+    from mtlkit.tasks import get_task
+
+    torch.manual_seed(0)
+    tasks = ["semseg", "depth", "normals", "edge"]
+    ds = build_dataset("synthetic-nyud", path=tiny_h5, split="train", tasks=tasks, size=(64, 80))
+    batch = collate([ds[i] for i in range(4)])
+    specs = {t: get_task(t, ds.num_classes.get(t)) for t in tasks}
+    model = create_model("padnet", {t: s.out_channels for t, s in specs.items()})
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(30):
+        losses = compute_losses(model(batch["image"]), batch, specs, model.aux_weight)
+        loss = sum(specs[t].weight * v for t, v in losses.items())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert all(math.isfinite(x) for x in history)
+    assert sum(history[-3:]) < 0.7 * sum(history[:3]), history
