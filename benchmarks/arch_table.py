@@ -37,7 +37,7 @@ def main() -> None:
         cmds[f"single:{t}"] = ["--arch", "single", "--tasks", t, "--out", str(out / f"single-{t}")]
     for a in args.archs.split(","):
         cmds[a] = ["--arch", a, "--out", str(out / a)]
-    for name, c in cmds.items():
+    for c in cmds.values():
         if not (Path(c[-1]) / "report.json").is_file():
             run(exe + c)
 

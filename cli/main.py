@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import compare as _compare
 from cli import evaluate as _evaluate
 from cli import listing as _listing
 from cli import preprocess as _preprocess
@@ -22,6 +23,8 @@ app.command("train")(_train.train)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("predict")(_evaluate.predict)
 app.command("list")(_listing.list_)
+app.command("compare")(_compare.compare)
+app.command("plot")(_compare.plot)
 
 try:  # the profiling command lives with the ops layer
     from cli import profile as _profile

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,10 +139,15 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     out_dir: str | None = None,
     progress: bool = True,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; writes ``eval.json`` and ``eval.md`` next to it.
 
-    Returns ``{"checkpoint", "split", "step", "metrics": {task: {metric: value}}}``.
+    Returns ``{"checkpoint", "split", "step", "metrics": {task: {metric: value}}}``, plus
+    ``"pr_curves"`` (``{task: {"thresholds", "precision", "recall", "F"}}`` of the boundary
+    tasks; per-class IoU is in ``metrics[task]["per_class_IoU"]``). With ``figures``, eval.md
+    also embeds the run's ``curves.png`` (drawn from ``log.jsonl`` when present) and up to 3
+    prediction panels (``panels/``, when the run's .h5 file is available).
     """
     from pathlib import Path
 
@@ -184,5 +190,52 @@ def evaluate_checkpoint(
         "dataset": cfg.data.dataset,
         "metrics": compute_metrics(metrics),
     }
-    write_eval_files(Path(out_dir) if out_dir else Path(checkpoint).parent, result)
+    pr_curves = _pr_curves(metrics)
+    if pr_curves:
+        result["pr_curves"] = pr_curves
+    dest = Path(out_dir) if out_dir else Path(checkpoint).parent
+    images = _eval_figures(checkpoint, dest, data or cfg.data.path) if figures else None
+    write_eval_files(dest, result, images)
     return result
+
+
+def _pr_curves(metrics: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """The precision/recall curves of the accumulators that have one (BoundaryF)."""
+    out = {}
+    for t, m in metrics.items():
+        if hasattr(m, "pr_curve") and int(getattr(m, "state", {}).get("n_images", 1)) > 0:
+            out[t] = m.pr_curve()
+    return out
+
+
+def _eval_figures(checkpoint: str, dest: Path, data: str | None) -> dict[str, list[str]]:
+    """Training curves and a few prediction panels for eval.md; best effort, never fatal."""
+    import logging
+    import os
+
+    from mtlkit.errors import MtlkitError
+
+    run_dir = Path(checkpoint).parent
+    images: dict[str, list[str]] = {}
+    curves = run_dir / "curves.png"
+    if (run_dir / "log.jsonl").is_file():
+        from mtlkit.engine.plot import plot_run
+
+        try:
+            plot_run(run_dir)
+        except (MtlkitError, OSError, ValueError) as e:
+            logging.getLogger(__name__).warning("training curves not drawn: %s", e)
+    if curves.is_file():
+        images["Training curves"] = [Path(os.path.relpath(curves, dest)).as_posix()]
+    if data and Path(data).is_file() and Path(data).suffix in (".h5", ".hdf5"):
+        from mtlkit.engine.predict import predict
+
+        try:
+            paths = predict(checkpoint, data, str(dest / "panels"), limit=3)
+        except (MtlkitError, OSError, ValueError, KeyError) as e:
+            logging.getLogger(__name__).warning("prediction panels not drawn: %s", e)
+            paths = []
+        images["Predictions (input, prediction, ground truth)"] = [
+            Path(os.path.relpath(p, dest)).as_posix() for p in paths
+        ]
+    return images

@@ -49,10 +49,29 @@ def metrics_markdown(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_eval_files(out_dir: Path, result: dict[str, Any]) -> None:
-    """``eval.json`` (everything) and ``eval.md`` (a table) in ``out_dir``."""
+def figures_markdown(images: dict[str, list[str]]) -> str:
+    """Markdown sections embedding images: ``{section title: [relative paths]}``."""
+    parts = []
+    for title, paths in images.items():
+        if paths:
+            parts.append(f"## {title}\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in paths)
+                         + "\n")
+    return "\n".join(parts)
+
+
+def write_eval_files(out_dir: Path, result: dict[str, Any],
+                     images: dict[str, list[str]] | None = None) -> None:
+    """``eval.json`` (everything) and ``eval.md`` (a table) in ``out_dir``.
+
+    ``images``: optional ``{section title: [paths relative to out_dir]}`` embedded in eval.md
+    (training curves, prediction panels).
+    """
     atomic_write_json(out_dir / "eval.json", result)
     md = (f"# Evaluation of `{result['checkpoint']}`\n\n"
           f"arch `{result.get('arch')}`, dataset `{result.get('dataset')}`, split "
           f"`{result['split']}`, step {result['step']}\n\n" + metrics_markdown(result["metrics"]))
+    if images:
+        figs = figures_markdown(images)
+        if figs:
+            md += "\n" + figs
     atomic_write_text(out_dir / "eval.md", md)

@@ -1,0 +1,52 @@
+"""``mtlkit compare`` and ``mtlkit plot``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.common import console, parse_list, user_errors
+
+
+@user_errors
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="run directories (or report/eval .json)")],
+    single_task: Annotated[
+        list[str] | None,
+        typer.Option("--single-task", help="single-task reference run (repeat, or a,b,c)"),
+    ] = None,
+    markdown: Annotated[
+        str | None, typer.Option(help="write the markdown table to this file, not stdout")
+    ] = None,
+) -> None:
+    """One table of runs x main metrics, with delta_m (%) against --single-task runs.
+
+    Reads RUN/report.json, or RUN/eval.json when it is newer and on the val split.
+    """
+    from pathlib import Path
+
+    from mtlkit.engine.compare import compare_runs, comparison_markdown, comparison_table
+    from mtlkit.utils import atomic_write_text
+
+    refs = [r for item in (single_task or []) for r in (parse_list(item) or [])]
+    cmp = compare_runs(runs, refs)
+    console.print(comparison_table(cmp))
+    md = comparison_markdown(cmp)
+    if markdown:
+        atomic_write_text(Path(markdown), md)
+        console.print(f"wrote [bold]{markdown}[/]")
+    else:
+        typer.echo(md, nl=False)
+
+
+@user_errors
+def plot(
+    run: Annotated[str, typer.Argument(help="run directory (with log.jsonl)")],
+    out: Annotated[str | None, typer.Option(help="PNG path (default RUN/curves.png)")] = None,
+) -> None:
+    """Draw RUN/curves.png: training losses and validation main metrics over steps."""
+    from mtlkit.engine.plot import plot_run
+
+    path = plot_run(run, out)
+    console.print(f"wrote [bold]{path}[/]")
