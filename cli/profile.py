@@ -26,8 +26,18 @@ def profile(
         "--json", help="also write the results (and environment) to this JSON file")] = None,
     repeats: Annotated[int, typer.Option(help="timed runs (median reported)")] = 50,
     warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 10,
+    arch: Annotated[str | None, typer.Option(
+        help="profile a whole model instead: training/inference img/s, kernels on and off")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size (with --arch)")] = 8,
+    size: Annotated[str | None, typer.Option(help="input HxW (with --arch)")] = None,
+    dataset: Annotated[str, typer.Option(help="task set (with --arch)")] = "synthetic-nyud",
+    backbone: Annotated[str, typer.Option(help="backbone (with --arch)")] = "tiny",
 ) -> None:
-    """Profile the hot-path ops: median time, TFLOP/s, GB/s, % of H100 roofline, error, memory."""
+    """Profile the hot-path ops: median time, TFLOP/s, GB/s, % of H100 roofline, error, memory.
+
+    With ``--arch``: whole-model training and inference images/s and peak memory, with the CUDA
+    kernels on and off (``MTLKIT_KERNELS=0``).
+    """
     import torch
 
     from mtlkit import profiling
@@ -36,6 +46,23 @@ def profile(
 
     if repeats < 1 or warmup < 0:
         raise ConfigError("bad --repeats/--warmup", "use --repeats >= 1 and --warmup >= 0")
+    if arch is not None:
+        from cli.common import parse_size
+        from mtlkit.engine.throughput import arch_table, profile_arch
+
+        hw = parse_size(size)
+        rows = profile_arch(arch, dataset=dataset, backbone=backbone, batch_size=batch_size,
+                            size=tuple(hw) if hw else None,
+                            amp=dtype == "bf16" and torch.cuda.is_available(),
+                            warmup=min(warmup, 3), repeats=min(repeats, 10))
+        if not torch.cuda.is_available():
+            console.print("[yellow]No CUDA GPU: both rows run the PyTorch references on the CPU."
+                          "[/]")
+        console.print(arch_table(rows))
+        if json_out is not None:
+            payload = {"environment": profiling.environment(), "results": rows}
+            atomic_write_text(json_out, json.dumps(payload, indent=2))
+        return
     names = profiling.kernel_names() if kernel == "all" else [kernel]
     if not torch.cuda.is_available():
         console.print("[yellow]No CUDA GPU: timing the PyTorch references on the CPU; the CUDA "
