@@ -67,6 +67,8 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML run configuration")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    single_task: Annotated[list[str] | None, typer.Option(
+        help="single-task run dir (repeat per task): report.json gets delta_m")] = None,
 ) -> None:
     """Train a model (defaults: the main demo job, TPIM on synthetic-nyud on CPU)."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -94,12 +96,16 @@ def train(
     main = int(os.environ.get("RANK", "0")) == 0
     if cfg.train.amp and main and not _cuda_used():
         console.print("note: --amp (bf16 autocast) applies on CUDA only; training in float32")
-    report = run_train(cfg, resume=resume, progress=not quiet, console=console)
+    report = run_train(cfg, resume=resume, progress=not quiet, console=console,
+                       single_task=single_task)
     if not main:
         return
     console.print(metrics_table(report["metrics"], title=(
         f"{report['arch']} on {report['dataset']} after {report['steps']} steps "
         f"({report['params'] / 1e6:.2f} M params, {report['images_per_s']:.1f} img/s)")))
+    if "delta_m" in report:
+        console.print(f"delta_m vs single-task runs ({', '.join(report['delta_m_tasks'])}): "
+                      f"{report['delta_m']:+.2f} %")
     console.print(f"run directory: [bold]{cfg.train.out}[/]")
 
 

@@ -191,10 +191,12 @@ class Trainer:
     """Holds the state of one run; :meth:`fit` runs it to ``cfg.train.steps``."""
 
     def __init__(
-        self, cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None
+        self, cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None,
+        single_task: list[str] | None = None,
     ) -> None:
         self.ctx = dist_utils.init()
         self.cfg = cfg
+        self.references = _single_task_references(single_task)
         self.out = Path(cfg.train.out)
         self.progress = progress and self.ctx.is_main
         self.console = console
@@ -488,7 +490,28 @@ class Trainer:
             "images_per_s": self.images_per_s,
             "weighting": self.cfg.train.weighting,
             "metrics": self.last_metrics,
+            **self._delta_m(),
         }
+
+    def _delta_m(self) -> dict[str, Any]:
+        """``{"delta_m": %}`` (MTI-Net eq. 2) against the single-task references, if given."""
+        from mtlkit.metrics.delta_m import delta_m
+
+        use = [t for t in self.parts.tasks if t in self.references]
+        if not use or not self.last_metrics:
+            return {}
+        value = delta_m({t: self.last_metrics[t] for t in use},
+                        {t: self.references[t] for t in use})
+        return {"delta_m": value, "delta_m_tasks": use}
+
+
+def _single_task_references(runs: list[str] | None) -> dict[str, dict[str, float]]:
+    """Main metrics of single-task runs (``--single-task RUN``), read before training starts."""
+    if not runs:
+        return {}
+    from mtlkit.engine.compare import load_run, single_task_references
+
+    return single_task_references([load_run(r) for r in runs])
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -515,10 +538,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def train(
-    cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None
+    cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None,
+    single_task: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train a model as configured; writes the run directory and returns ``report.json``'s dict."""
-    trainer = Trainer(cfg, resume=resume, progress=progress, console=console)
+    """Train a model as configured; writes the run directory and returns ``report.json``'s dict.
+
+    ``single_task``: run directories of single-task models; the report then holds ``delta_m``.
+    """
+    trainer = Trainer(cfg, resume=resume, progress=progress, console=console,
+                      single_task=single_task)
     try:
         return trainer.fit()
     finally:

@@ -129,3 +129,19 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 64)
     res = _run("evaluate", "--checkpoint", bad)
     assert res.exit_code == 2 and "corrupt" in res.output
+
+
+def test_train_reports_delta_m_against_single_task_runs(cli_h5: Path, tmp_path: Path) -> None:
+    common = ["--dataset", "synthetic-nyud", "--data", cli_h5, "--size", "64x80", "--steps", 3,
+              "--batch-size", 4, "--eval-every", 0, "--quiet", "--model-arg", "channels=8"]
+    res = _run("train", "--arch", "single", "--tasks", "depth", "--out", tmp_path / "st", *common)
+    assert res.exit_code == 0, res.output
+    res = _run("train", "--arch", "baseline", "--tasks", "semseg,depth", "--out", tmp_path / "mt",
+               "--single-task", tmp_path / "st", *common)
+    assert res.exit_code == 0, res.output
+    mt = json.loads((tmp_path / "mt" / "report.json").read_text())
+    st = json.loads((tmp_path / "st" / "report.json").read_text())
+    rm, rs = mt["metrics"]["depth"]["rmse"], st["metrics"]["depth"]["rmse"]
+    assert mt["delta_m_tasks"] == ["depth"]  # semseg has no reference
+    assert mt["delta_m"] == pytest.approx(-100 * (rm - rs) / rs)
+    assert "delta_m" in res.output
