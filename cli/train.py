@@ -40,7 +40,7 @@ def train(
     tasks: Annotated[str | None, typer.Option(help="comma list, e.g. semseg,depth")] = None,
     aux_tasks: Annotated[str | None, typer.Option(help="auxiliary-only tasks")] = None,
     size: Annotated[str | None, typer.Option(help="input size HxW")] = None,
-    augment: Annotated[str | None, typer.Option(help="mtlpt | atrc | none")] = None,
+    augment: Annotated[str | None, typer.Option(help="mtlpt | pascal | atrc | none")] = None,
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size per process")] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,

@@ -26,7 +26,7 @@ class DataConfig:
     tasks: list[str] | None = None  # None: the dataset's default task set
     aux_tasks: list[str] = field(default_factory=list)
     size: list[int] | None = None  # [H, W]; None: the dataset's default size
-    augment: str | None = None  # mtlpt | atrc | none; None: the dataset's default
+    augment: str | None = None  # mtlpt | pascal | atrc | none; None: the dataset's default
     num_workers: int = 0
 
 

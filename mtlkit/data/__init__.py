@@ -51,12 +51,12 @@ DATASET_INFO: dict[str, dict[str, Any]] = {
                        "edge_max_dist": 0.011, "augment": "mtlpt",
                        "num_classes": {"semseg": 9}, "preprocess": "synthetic"},
     "synthetic-pascal": {"tasks": _PASCAL_TASKS, "default_size": (128, 160),
-                         "edge_max_dist": 0.0075, "augment": "mtlpt",
+                         "edge_max_dist": 0.0075, "augment": "pascal",
                          "num_classes": {"semseg": 9, "parts": 7}, "preprocess": "synthetic"},
     "nyud": {"tasks": _NYUD_TASKS, "default_size": (480, 640), "edge_max_dist": 0.011,
              "augment": "mtlpt", "num_classes": {"semseg": 40}, "preprocess": "nyud"},
     "pascal": {"tasks": _PASCAL_TASKS, "default_size": (512, 512), "edge_max_dist": 0.0075,
-               "augment": "mtlpt", "num_classes": {"semseg": 21, "parts": 7},
+               "augment": "pascal", "num_classes": {"semseg": 21, "parts": 7},
                "preprocess": "pascal"},
 }
 

@@ -14,6 +14,11 @@ Augmentation follows the reference code of the field (``shared/SPEC-data-eval.md
   horizontal flip (negating the normals' x component).
 - ``atrc`` (ATRC / InvPT): scale uniform in [0.5, 2], crop, flip, photometric distortion
   (brightness, contrast, saturation; each with probability 1/2), pad.
+- ``pascal`` (Multi-Task-Learning-PyTorch, PASCAL-Context): horizontal flip, rotation by an angle
+  uniform in [-20, 20] degrees about the image centre (image bilinear, everything else nearest;
+  outside the rotated image: labels 255, depth/normals 0, image the ImageNet mean; the normals'
+  (x, y) components rotated in-plane with the image), scale uniform in [0.75, 1.25] (depth
+  divided by the scale), random crop / pad to the training size.
 - ``none``: no augmentation (the eval transform).
 
 Evaluation only resizes when the sample does not fit (keeping the aspect ratio) and pads
@@ -41,7 +46,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IGNORE = 255
 LABEL_KEYS = ("semseg", "parts", "edge", "saliency")
-PRESETS = ("none", "mtlpt", "atrc")
+PRESETS = ("none", "mtlpt", "atrc", "pascal")
 Generator = torch.Generator | np.random.Generator | None
 
 
@@ -111,6 +116,61 @@ def hflip(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n[..., 0] *= -1.0
         n[..., 0] += 0.0  # no -0.0 where the normal is invalid
         out["normals"] = n
+    return out
+
+
+def rotate_sample(sample: dict[str, np.ndarray], angle: float) -> dict[str, np.ndarray]:
+    """Rotate every map by ``angle`` degrees counter-clockwise (as seen on screen) about the
+    image centre, keeping the canvas size.
+
+    The image is sampled bilinearly (float32 out), all other maps by nearest neighbour, so label
+    values are never interpolated. Pixels that come from outside the source get the padding
+    values of :func:`pad_to` (labels 255, depth/normals 0, image the ImageNet mean).
+
+    Normals are rotated in-plane like the image: with x right and y down, a counter-clockwise
+    screen rotation by theta maps a direction (x, y) to (x cos t + y sin t, -x sin t + y cos t)
+    (right -> up for 90 degrees); z is unchanged (the camera turned about its optical axis).
+    """
+    if angle == 0.0:
+        return dict(sample)
+    h, w = sample["image"].shape[:2]
+    t = np.deg2rad(float(angle))
+    c, s = np.cos(t), np.sin(t)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float64) - cy,
+                         np.arange(w, dtype=np.float64) - cx, indexing="ij")
+    # source of each output pixel: the inverse (clockwise) rotation of its offset from the centre
+    sx = c * xx - s * yy + cx
+    sy = s * xx + c * yy + cy
+    inside = (sx >= -0.5) & (sx < w - 0.5) & (sy >= -0.5) & (sy < h - 0.5)
+    ni = np.clip(np.floor(sy + 0.5).astype(np.int64), 0, h - 1)
+    nj = np.clip(np.floor(sx + 0.5).astype(np.int64), 0, w - 1)
+    out: dict[str, np.ndarray] = {}
+    for key, arr in sample.items():
+        if key == "image":
+            x0f = np.clip(sx, 0, w - 1)
+            y0f = np.clip(sy, 0, h - 1)
+            x0 = np.minimum(np.floor(x0f).astype(np.int64), w - 2) if w > 1 else np.zeros_like(nj)
+            y0 = np.minimum(np.floor(y0f).astype(np.int64), h - 2) if h > 1 else np.zeros_like(ni)
+            x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+            ax = (x0f - x0).astype(np.float32)[..., None]
+            ay = (y0f - y0).astype(np.float32)[..., None]
+            img = arr.astype(np.float32, copy=False)
+            top = img[y0, x0] * (1 - ax) + img[y0, x1] * ax
+            bot = img[y1, x0] * (1 - ax) + img[y1, x1] * ax
+            res = top * (1 - ay) + bot * ay
+            res[~inside] = _pad_value(key, res.dtype)
+            out[key] = np.clip(res, 0.0, 255.0).astype(np.float32)
+            continue
+        res = arr[ni, nj]
+        res[~inside] = _pad_value(key, arr.dtype)
+        if key == "normals":
+            nx, ny = res[..., 0].copy(), res[..., 1].copy()
+            res[..., 0] = c * nx + s * ny
+            res[..., 1] = -s * nx + c * ny
+            res[~inside] = 0.0
+            res += 0.0  # no -0.0
+        out[key] = res
     return out
 
 
@@ -273,9 +333,64 @@ class TrainTransform:
                 f"photometric={self.photometric})")
 
 
+class PascalTransform(TrainTransform):
+    """MTL-PT PASCAL augmentation: flip -> rotation -> scale -> random crop / pad to ``size``.
+
+    Args:
+        size: (H, W) training size.
+        max_rotation: angle drawn uniformly from [-max_rotation, max_rotation] degrees
+            (:func:`rotate_sample`; normals rotated in-plane).
+        scale_range: scale drawn uniformly from [lo, hi] (depth divided by the scale).
+        flip: horizontal flip with probability 1/2 (normals x negated).
+
+    As in :class:`TrainTransform` the sample is first shrunk to fit ``size`` if larger.
+    """
+
+    def __init__(self, size: Sequence[int], max_rotation: float = 20.0,
+                 scale_range: tuple[float, float] = (0.75, 1.25), flip: bool = True) -> None:
+        super().__init__(size, scales=(), flip=flip, scale_range=scale_range)
+        self.max_rotation = float(max_rotation)
+
+    def sample_params(self, generator: Generator = None) -> tuple[bool, float, float]:
+        """(flip, angle in degrees, scale) drawn in this order."""
+        flip = self.flip and _rand(generator) < 0.5
+        angle = (2.0 * _rand(generator) - 1.0) * self.max_rotation if self.max_rotation else 0.0
+        return flip, angle, self.sample_scale(generator)
+
+    def apply(self, sample: dict[str, np.ndarray], flip: bool, angle: float, scale: float,
+              generator: Generator = None) -> dict[str, np.ndarray]:
+        """Apply the given flip / rotation / scale; only the crop position is random."""
+        H, W = self.size
+        h, w = sample["image"].shape[:2]
+        if flip:
+            sample = hflip(sample)
+        sample = rotate_sample(sample, angle)
+        r = _fit_ratio((h, w), self.size)
+        sample = resize_sample(sample, _scaled((h, w), r * scale))
+        if "depth" in sample and scale != 1.0:
+            sample["depth"] = (sample["depth"] / np.float32(scale)).astype(np.float32)
+        nh, nw = sample["image"].shape[:2]
+        top = _randint(nh - H + 1, generator) if nh > H else 0
+        left = _randint(nw - W + 1, generator) if nw > W else 0
+        sample = {k: v[top:top + H, left:left + W] for k, v in sample.items()}
+        hw = sample["image"].shape[:2]
+        out = pad_to(sample, self.size)
+        out["hw"] = np.array(hw, dtype=np.int64)
+        return out
+
+    def __call__(self, sample: dict[str, np.ndarray],
+                 generator: Generator = None) -> dict[str, np.ndarray]:
+        flip, angle, scale = self.sample_params(generator)
+        return self.apply(sample, flip, angle, scale, generator)
+
+    def __repr__(self) -> str:
+        return (f"PascalTransform(size={self.size}, max_rotation={self.max_rotation}, "
+                f"scale_range={self.scale_range}, flip={self.flip})")
+
+
 def build_transform(preset: str, size: Sequence[int],
                     train: bool) -> EvalTransform | TrainTransform:
-    """The transform of an augmentation ``preset`` (``none``, ``mtlpt``, ``atrc``).
+    """The transform of an augmentation ``preset`` (``none``, ``mtlpt``, ``atrc``, ``pascal``).
 
     ``train=False`` always gives :class:`EvalTransform` (validation only pads).
     """
@@ -286,4 +401,6 @@ def build_transform(preset: str, size: Sequence[int],
         return EvalTransform(size)
     if preset == "mtlpt":
         return TrainTransform(size, scales=(1.0, 1.2, 1.5), flip=True)
+    if preset == "pascal":
+        return PascalTransform(size, max_rotation=20.0, scale_range=(0.75, 1.25), flip=True)
     return TrainTransform(size, scale_range=(0.5, 2.0), flip=True, photometric=True)
