@@ -9,6 +9,7 @@ dataset marks them invalid in the targets.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,16 +173,22 @@ def evaluate_checkpoint(
     specs = {t: parts.specs[t] for t in parts.tasks}
     loader = make_eval_loader(ds, batch_size)
     device = next(model.parameters()).device
+    accumulators = {t: s.make_metric() for t, s in specs.items()}
+    if "edge" in accumulators:  # exact boundary matching: score images in parallel processes
+        accumulators["edge"].workers = max(1, min(4, os.cpu_count() or 1))
     if progress:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task(f"evaluate {split}", total=len(loader))
             metrics = run_evaluation(
-                model, loader, specs, device, on_batch=lambda i, n: bar.update(task, completed=i)
+                model, loader, specs, device, metrics=accumulators,
+                on_batch=lambda i, n: bar.update(task, completed=i),
             )
     else:
-        metrics = run_evaluation(model, loader, specs, device)
+        metrics = run_evaluation(model, loader, specs, device, metrics=accumulators)
+    if "edge" in metrics:
+        metrics["edge"].close()
     result = {
         "checkpoint": str(checkpoint),
         "split": split,
