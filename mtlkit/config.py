@@ -44,7 +44,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation schedule, checkpointing and evaluation cadence."""
 
-    steps: int = 500
+    steps: int = 400
     batch_size: int = 8
     optimizer: str = "adamw"  # adamw | adam | sgd
     lr: float = 2e-3
@@ -56,8 +56,8 @@ class TrainConfig:
     clip_grad: float | None = 10.0
     amp: bool = False
     seed: int = 0
-    ckpt_every: int = 250
-    eval_every: int = 250
+    ckpt_every: int = 200
+    eval_every: int = 200
     eval_batches: int | None = None  # limit periodic evaluation (None: whole split)
     log_every: int = 10
     weighting: str | None = None  # None: the arch's default, else "fixed"
