@@ -17,6 +17,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.models import create_model
 from mtlkit.models.mtinet import FeaturePropagation, MTINet
 from mtlkit.registry import ARCHS
+from tests.models._arch_helpers import config_presets, single_thread
 
 TASK_SETS = {
     "nyud": ({"semseg": 40, "depth": 1, "normals": 3, "edge": 1}, None),
@@ -24,16 +25,13 @@ TASK_SETS = {
     "seg+depth+aux": ({"semseg": 40, "depth": 1, "normals": 3, "edge": 1}, ["normals", "edge"]),
     "pascal": ({"semseg": 21, "parts": 7, "saliency": 1, "normals": 3, "edge": 1}, None),
 }
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("mtinet_*.yaml"))
+CONFIGS = config_presets("mtinet")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    """These small models run fastest on one thread; two threads spin badly on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield
 
 
 @pytest.mark.parametrize("task_set", list(TASK_SETS))

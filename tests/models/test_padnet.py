@@ -5,7 +5,6 @@ kwargs validation, the presets, and a short training run on synthetic data that 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,43 +16,28 @@ from mtlkit.config import load_config
 from mtlkit.errors import ConfigError
 from mtlkit.models import create_model
 from mtlkit.models.padnet import SpatialAttentionDistillation, resolve_tasks
-from mtlkit.registry import ARCHS
+from tests.models._arch_helpers import (
+    TASK_SETS,
+    backward_reaches_every_parameter,
+    check_training_lowers_loss,
+    config_presets,
+    forward_with_quarter_aux,
+    single_thread,
+)
 
-TASK_SETS = {
-    "nyud": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
-    "seg+depth": {"semseg": 40, "depth": 1},
-    "pascal": {"semseg": 21, "parts": 7, "saliency": 1, "normals": 3, "edge": 1},
-}
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("padnet_*.yaml"))
+CONFIGS = config_presets("padnet")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    """These small models run fastest on one thread; two threads spin badly on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield
 
 
 @pytest.mark.parametrize("task_set", list(TASK_SETS))
 def test_forward_backward_shapes(task_set: str) -> None:
-    torch.manual_seed(0)
-    tasks = TASK_SETS[task_set]
-    model = ARCHS.get("padnet")(tasks, backbone="tiny")
-    out = model(torch.randn(2, 3, 64, 80))
-    assert {t: tuple(v.shape) for t, v in out["final"].items()} == {
-        t: (2, c, 64, 80) for t, c in tasks.items()
-    }
-    assert len(out["aux"]) == 1  # initial predictions at 1/4
-    assert {t: tuple(v.shape) for t, v in out["aux"][0].items()} == {
-        t: (2, c, 16, 20) for t, c in tasks.items()
-    }
-    loss = sum(v.mean() for v in out["final"].values())
-    loss = loss + sum(v.mean() for v in out["aux"][0].values())
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    model, out, _ = forward_with_quarter_aux("padnet", task_set)
+    backward_reaches_every_parameter(model, out)
     assert model.aux_weight == 1.0
 
 
@@ -131,24 +115,4 @@ def test_presets(path: Path) -> None:
 
 
 def test_training_lowers_loss(tiny_h5: Path) -> None:
-    from mtlkit.data import build_dataset, collate
-    from mtlkit.engine.trainer import compute_losses
-    from mtlkit.tasks import get_task
-
-    torch.manual_seed(0)
-    tasks = ["semseg", "depth", "normals", "edge"]
-    ds = build_dataset("synthetic-nyud", path=tiny_h5, split="train", tasks=tasks, size=(64, 80))
-    batch = collate([ds[i] for i in range(4)])
-    specs = {t: get_task(t, ds.num_classes.get(t)) for t in tasks}
-    model = create_model("padnet", {t: s.out_channels for t, s in specs.items()})
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    history = []
-    for _ in range(30):
-        losses = compute_losses(model(batch["image"]), batch, specs, model.aux_weight)
-        loss = sum(specs[t].weight * v for t, v in losses.items())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-    assert all(math.isfinite(x) for x in history)
-    assert sum(history[-3:]) < 0.7 * sum(history[:3]), history
+    check_training_lowers_loss("padnet", tiny_h5)

@@ -14,22 +14,19 @@ from mtlkit.errors import ConfigError
 from mtlkit.models import create_model
 from mtlkit.models.tif import LTHD, SAFF, SFD, resize_to, upsample_affinity
 from mtlkit.registry import ARCHS
-from mtlkit.tasks import get_task
-
-TASK_SETS = {
-    "nyud": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
-    "seg+depth": {"semseg": 40, "depth": 1},
-    "pascal": {"semseg": 21, "parts": 7, "saliency": 1, "normals": 3, "edge": 1},
-}
+from tests.models._arch_helpers import (
+    TASK_SETS,
+    build_preset,
+    check_short_run_lowers_loss,
+    config_presets,
+    single_thread,
+)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread avoids oversubscribing a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with single_thread():
+        yield
 
 
 @pytest.mark.parametrize("size", [(64, 80), (72, 88)])
@@ -117,7 +114,7 @@ def test_bad_kwargs(kwargs: dict) -> None:
         create_model("tif", {"semseg": 9, "depth": 1}, "tiny", **kwargs)
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("tif_*.yaml"))
+CONFIGS = config_presets("tif")
 
 
 def test_config_presets_exist() -> None:
@@ -127,76 +124,9 @@ def test_config_presets_exist() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_presets_build(path: Path) -> None:
     """Every preset loads and its model kwargs build (tiny backbone, narrow width, for speed)."""
-    from mtlkit.config import load_config
-
-    cfg = load_config(path)
-    assert cfg.model.arch == "tif"
-    kwargs = dict(cfg.model.kwargs)
-    kwargs.pop("backbone_kwargs", None)  # timm options; the tiny backbone stands in here
-    kwargs["channels"] = 16
-    tasks = {t: get_task(t, 9).out_channels for t in cfg.data.tasks}
-    model = create_model("tif", tasks, "tiny", **kwargs)
-    with torch.no_grad():
-        out = model.eval()(torch.randn(1, 3, 40, 56))
-    assert set(out["final"]) == set(tasks)
+    build_preset("tif", path)
 
 
 # ----------------------------------------------------------------------------- short training
-def _fixed_batch(num_classes: int, size: tuple[int, int], n: int = 4) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    h, w = size
-    depth = 1 + torch.rand(n, 1, h, w, generator=g)
-    normals = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1)
-    return {"image": torch.randn(n, 3, h, w, generator=g),
-            "semseg": torch.randint(0, num_classes, (n, h, w), generator=g),
-            "depth": depth, "normals": normals,
-            "edge": (torch.rand(n, 1, h, w, generator=g) > 0.9).float()}
-
-
-def _nyud_batch(basetemp: Path, size: tuple[int, int] = (64, 80)) -> tuple[dict, int]:
-    """4 synthetic NYUD-like samples (rendered once per session); a fixed random batch when the
-    data package is not available."""
-    try:
-        from mtlkit.data import build_dataset, collate, default_synthetic_path, ensure_synthetic
-    except ImportError:
-        return _fixed_batch(9, size), 9
-    path = default_synthetic_path()
-    if not path.exists():
-        path = ensure_synthetic(basetemp / "arch2-synthetic.h5", train=4, val=0, size=size,
-                                progress=False)
-    ds = build_dataset("synthetic-nyud", path=str(path), split="train", size=size, train=False)
-    return collate([ds[i] for i in range(4)]), ds.num_classes["semseg"]
-
-
-def _total_loss(out: dict, batch: dict, specs: dict) -> torch.Tensor:
-    total = torch.zeros(())
-    for t, spec in specs.items():
-        total = total + spec.weight * spec.loss(out["final"][t], batch[t])
-        for aux in out["aux"]:
-            if t in aux:
-                total = total + spec.weight * spec.loss(aux[t], batch[t])
-    for v in out.get("extra_losses", {}).values():
-        total = total + v
-    return total
-
-
 def test_short_run_lowers_loss(tmp_path_factory: pytest.TempPathFactory) -> None:
-    torch.manual_seed(0)
-    batch, k = _nyud_batch(tmp_path_factory.getbasetemp())
-    specs = {t: get_task(t, k if t == "semseg" else None)
-             for t in ("semseg", "depth", "normals", "edge")}
-    model = create_model("tif", {t: s.out_channels for t, s in specs.items()}, "tiny")
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(30):
-        loss = _total_loss(model(batch["image"]), batch, specs)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
-    model.eval()
-    with torch.no_grad():
-        out = model(batch["image"])
-    assert out["final"]["semseg"].shape == (4, k, 64, 80)
+    check_short_run_lowers_loss("tif", tmp_path_factory.getbasetemp())
