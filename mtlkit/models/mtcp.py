@@ -21,7 +21,8 @@ Pipeline of :class:`MTCP` for ``image: (B, 3, H, W)``, T tasks, width C, K decod
    features gated by sigmoid 1x1 convs, ``X_aux = cat_{s != t}(sigmoid(W_ts X_s) * X_s)``;
    ``X'_t = ReLU(BN(CBAM(Conv1x1(X_t))))``, ``X'_aux = ReLU(BN(CBAM(Conv1x1(X_aux))))`` (the
    "1x1 CBAM"); coherence loss ``1 - cos(X'_t, X'_aux)`` per pixel (over channels), averaged;
-   merge by matrix multiplication over the N = h w pixels, ``M = (X'_t X'_aux^T / N) X'_aux / C``
+   merge by matrix multiplication over the N = h w pixels,
+   ``M = softmax(X'_t X'_aux^T / sqrt(N)) X'_aux`` (row softmax keeps the merge bounded)
    (a C x C channel affinity applied to the auxiliary features: "projection onto a common space");
    ``H_t = BN(CBAM(Conv1x1(M + X'_t)))`` (the residual ``+ X'_t`` is our choice, for a
    non-degenerate start).
@@ -151,8 +152,11 @@ class CoherenceFusion(nn.Module):
         coherence = (1.0 - F.cosine_similarity(m, a, dim=1, eps=1e-6)).mean()
         B, C, h, w = m.shape
         mf, af = m.flatten(2), a.flatten(2)  # (B, C, N)
-        affinity = mf @ af.transpose(1, 2) / (h * w)  # (B, C, C)
-        merged = (affinity @ af / C).reshape(B, C, h, w)
+        # row-softmax channel affinity: each merged channel is a convex combination of auxiliary
+        # channels, so the merge stays bounded (an unnormalised m a^T a grows cubically with the
+        # feature scale and blew up on some images in eval mode)
+        affinity = torch.softmax(mf @ af.transpose(1, 2) / (h * w) ** 0.5, dim=-1)  # (B, C, C)
+        merged = (affinity @ af).reshape(B, C, h, w)
         return self.out(merged + m), coherence
 
 
