@@ -107,6 +107,25 @@ _BENCHES: dict[str, KernelBench] = {}
 _DISCOVERED = False
 
 
+RunFn = Callable[[dict[str, Any]], Tensor]
+
+
+def compiled_reference_impl(reference_fn: Callable[..., Tensor],
+                            call: Callable[[Callable[..., Tensor]], RunFn]) -> Impl:
+    """The "torch.compile reference" row: ``reference_fn`` compiled on first use (CUDA only)."""
+    compiled: dict[str, Any] = {}
+
+    def run(x: dict[str, Any]) -> Tensor:
+        if "fn" not in compiled:
+            compiled["fn"] = torch.compile(reference_fn)
+        return call(compiled["fn"])(x)
+
+    def cuda_only(device: torch.device) -> str | None:
+        return None if device.type == "cuda" else "skipped: torch.compile baseline on CUDA only"
+
+    return Impl("torch.compile reference", run, cuda_only)
+
+
 def register_bench(bench: KernelBench) -> KernelBench:
     """Add (or replace) the bench of ``bench.name``."""
     _BENCHES[bench.name] = bench

@@ -138,21 +138,11 @@ def make_bench() -> Any:
     shapes = dict(base.shapes)
     shapes["b8_c256_60x80"] = dict(B=8, C=256, H=60, W=80, S=3)
     shapes["b8_c256_120x160"] = dict(B=8, C=256, H=120, W=160, S=3)
-    compiled: dict[str, Any] = {}
-
-    def compiled_reference(x: dict[str, Any]) -> Tensor:
-        if "fn" not in compiled:
-            compiled["fn"] = torch.compile(reference.hdc_conv)
-        return P._hdc_call(compiled["fn"])(x)
-
-    def cuda_only(device: torch.device) -> str | None:
-        return None if device.type == "cuda" else "skipped: torch.compile baseline on CUDA only"
-
     base.shapes = shapes
     base.impls = [
         P.Impl("cuda kernel", P._hdc_call(hdc_conv), P._kernel_unavailable("_hdc_cuda")),
         P.Impl("pytorch reference", P._hdc_call(reference.hdc_conv)),
         P.Impl("pytorch best", P._hdc_call(hdc_eager)),
-        P.Impl("torch.compile reference", compiled_reference, cuda_only),
+        P.compiled_reference_impl(reference.hdc_conv, P._hdc_call),
     ]
     return base

@@ -139,21 +139,11 @@ def make_bench() -> Any:
     for n in (1200, 4800):
         for c in (64, 256):
             shapes[f"b16_n{n}_c{c}"] = dict(B=16, N=n, c=c, iters=18)
-    compiled: dict[str, Any] = {}
-
-    def compiled_reference(x: dict[str, Any]) -> Tensor:
-        if "fn" not in compiled:
-            compiled["fn"] = torch.compile(reference.ifb)
-        return P._ifb_call(compiled["fn"])(x)
-
-    def cuda_only(device: torch.device) -> str | None:
-        return None if device.type == "cuda" else "skipped: torch.compile baseline on CUDA only"
-
     base.shapes = shapes
     base.impls = [
         P.Impl("cuda kernel", P._ifb_call(ifb), P._kernel_unavailable("_ifb_cuda")),
         P.Impl("pytorch reference", P._ifb_call(reference.ifb)),
         P.Impl("pytorch best", P._ifb_call(ifb_baddbmm_loop)),
-        P.Impl("torch.compile reference", compiled_reference, cuda_only),
+        P.compiled_reference_impl(reference.ifb, P._ifb_call),
     ]
     return base
