@@ -104,6 +104,8 @@ def get_extensions() -> tuple[list, dict]:
             "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
     if debug:
         nvcc = ["-O0", "-g", "-G"]
+    if os.environ.get("MTLKIT_PTXAS_VERBOSE", "0") == "1":  # registers/spills per kernel
+        nvcc.append("-Xptxas=-v")
     _note(f"building mtlkit._C from {len(sources)} sources with CUDA_HOME={cuda_home}, "
           f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
