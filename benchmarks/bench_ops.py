@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for kernel in kernels:
         for shape in shapes:
+            if shape not in profiling.benches()[kernel].shapes:
+                continue  # presets are per op; a comma list may name several ops' presets
             for dtype in args.dtypes.split(","):
                 for backward in modes:
                     rows = profiling.profile_kernel(kernel, dtype=dtype, backward=backward,

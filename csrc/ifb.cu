@@ -39,6 +39,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <tuple>
 
@@ -239,9 +240,54 @@ void launch_step(const StepArgs& s, bool trans, int B, int N, int c, const float
   }
 }
 
+// Which GEMM carries an iteration: cuBLAS through ATen (default; measured faster on an H100 at
+// every issue-7 shape, see benchmarks/RESULTS.md) or the WMMA step kernel above
+// (MTLKIT_IFB_GEMM=wmma, kept for comparison).
+bool use_wmma_step() {
+  static const bool wmma = [] {
+    const char* env = std::getenv("MTLKIT_IFB_GEMM");
+    return env != nullptr && std::string(env) == "wmma";
+  }();
+  return wmma;
+}
+
+// Y = a op(M) X + b X on cuBLAS. X and Y are (nb, N, c) views into the caller's buffers (row
+// stride ldx / ldy, which cuBLAS takes as leading dimensions, so the stacked states need no
+// copies); alpha stays on the device: a X and b X are formed by two element-wise passes over the
+// (N x c) iterates, then Y += op(M) (a X) in one batched GEMM (beta = alpha = 1, no host sync).
+void step_blas(const at::Tensor& M, int64_t b0, int64_t nb, const void* X, int64_t x_bs, int ldx,
+               void* Y, int64_t y_bs, int ldy, bool trans, int c, const at::Tensor& alpha,
+               int mode) {
+  const int64_t N = M.size(1);
+  const int64_t esz = M.element_size();
+  const auto opts = M.options();
+  at::Tensor Xt = at::from_blob(const_cast<char*>(static_cast<const char*>(X)) + b0 * x_bs * esz,
+                                {nb, N, c}, {x_bs, ldx, 1}, opts);
+  at::Tensor Yt = at::from_blob(static_cast<char*>(Y) + b0 * y_bs * esz, {nb, N, c},
+                                {y_bs, ldy, 1}, opts);
+  at::Tensor Mt = M.narrow(0, b0, nb);
+  if (trans) Mt = Mt.transpose(1, 2);
+  if (mode == 0) {
+    at::bmm_out(Yt, Mt, Xt);
+    return;
+  }
+  // alpha is a float32 0-dim tensor: the products are formed in float32 and rounded once to the
+  // iterate dtype (a 0-dim operand does not promote), as in the reference.
+  if (mode == 1) {
+    Yt.copy_(Xt);
+  } else {
+    at::mul_out(Yt, Xt, 1 - alpha);
+  }
+  Yt.baddbmm_(Mt, Xt * alpha);
+}
+
 // One iteration for batches [b0, b0 + nb): X, Y point at batch 0 (element strides x_bs, y_bs).
 void step(const at::Tensor& M, int64_t b0, int64_t nb, const void* X, int64_t x_bs, int ldx,
           void* Y, int64_t y_bs, int ldy, bool trans, int c, const at::Tensor& alpha, int mode) {
+  if (!use_wmma_step()) {
+    step_blas(M, b0, nb, X, x_bs, ldx, Y, y_bs, ldy, trans, c, alpha, mode);
+    return;
+  }
   const int64_t N = M.size(1);
   const int64_t esz = M.element_size();
   const StepArgs s{static_cast<const char*>(M.data_ptr()) + b0 * N * N * esz,
@@ -272,6 +318,14 @@ void step(const at::Tensor& M, int64_t b0, int64_t nb, const void* X, int64_t x_
 // reads C from L2 instead of HBM. Returns B (no grouping) when one affinity alone does not fit
 // (nothing to gain) or the whole batch fits; groups stay large enough to fill the GPU.
 int64_t batch_group(int64_t B, int64_t N, int64_t c, int64_t esz) {
+  static const bool off = [] {
+    const char* env = std::getenv("MTLKIT_IFB_GROUP");
+    return env != nullptr && std::string(env) == "0";
+  }();
+  // The grouping serves the WMMA step kernel; with cuBLAS the smaller batched GEMMs and the extra
+  // launches cost more than L2 residency saves (H100, B = 16, N = 1200: forward 2.0 ms grouped
+  // vs the 0.52 ms of one baddbmm per iteration), so the cuBLAS path runs the whole batch.
+  if (off || !use_wmma_step()) return B;
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const double budget = 0.6 * static_cast<double>(prop->l2CacheSize);
   const double per = static_cast<double>(N) * static_cast<double>(N) * static_cast<double>(esz);

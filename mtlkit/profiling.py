@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -121,6 +122,8 @@ def compiled_reference_impl(reference_fn: Callable[..., Tensor],
         return call(compiled["fn"])(x)
 
     def cuda_only(device: torch.device) -> str | None:
+        if os.environ.get("MTLKIT_PROFILE_COMPILE", "1") == "0":
+            return "skipped: MTLKIT_PROFILE_COMPILE=0"
         return None if device.type == "cuda" else "skipped: torch.compile baseline on CUDA only"
 
     return Impl("torch.compile reference", run, cuda_only)
@@ -422,6 +425,13 @@ def _make_bfe_bench() -> KernelBench:
         # PASCAL-Context 512x512, stride 4 features 128x128, T=5
         "pascal": dict(B=2, T=5, C=64, H=128, W=128, E=64, heads=2, pool=4, Nq=4096),
         "large": dict(B=4, T=6, C=128, H=128, W=128, E=256, heads=2, pool=2, Nq=4096),
+        # Issue-6 targets, NYUD at scale 1/8 (60x80), E = C = 256, 2 heads (D = 128), T = 4,
+        # query stride d = 2 (Nq = 30x40); key pool l = 2, 4, 8 (l = 8 needs H padded to 64).
+        "b8_60x80_l2": dict(B=8, T=4, C=256, H=60, W=80, E=256, heads=2, pool=2, Nq=1200),
+        "b8_60x80_l4": dict(B=8, T=4, C=256, H=60, W=80, E=256, heads=2, pool=4, Nq=1200),
+        "b8_64x80_l8": dict(B=8, T=4, C=256, H=64, W=80, E=256, heads=2, pool=8, Nq=1200),
+        # PASCAL 512x512 at scale 1/8 (64x64), T = 5, Nq = 32x32
+        "b8_64x64_t5_l2": dict(B=8, T=5, C=256, H=64, W=64, E=256, heads=2, pool=2, Nq=1024),
     }
     return KernelBench(
         name="bfe_attention",
@@ -495,6 +505,11 @@ def _make_tpp_bench() -> KernelBench:
         "pascal": dict(B=4, T=5, N=256, D=64, Dv=64, M=1),
         "nyud-mt": dict(B=4, T=4, N=300, D=64, Dv=64, M=4),
         "large": dict(B=2, T=4, N=4096, D=64, Dv=64, M=1),
+        # Issue-6 targets: batch 8 x 2 heads folded, NYUD stride 32 (15x20) with C = 256
+        # (D = 128) and stride 16 (30x40) with D = 64; one shared map (M = 1) and M = T.
+        "b16_n300_d128": dict(B=16, T=4, N=300, D=128, Dv=128, M=1),
+        "b16_n1200_d64": dict(B=16, T=4, N=1200, D=64, Dv=64, M=1),
+        "b16_n1200_d64_mt": dict(B=16, T=4, N=1200, D=64, Dv=64, M=4),
     }
     return KernelBench(
         name="tpp_attention",
