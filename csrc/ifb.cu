@@ -251,41 +251,45 @@ bool use_wmma_step() {
   return wmma;
 }
 
-// Y = a op(M) X + b X on cuBLAS. X and Y are (nb, N, c) views into the caller's buffers (row
-// stride ldx / ldy, which cuBLAS takes as leading dimensions, so the stacked states need no
-// copies); alpha stays on the device: a X and b X are formed by two element-wise passes over the
-// (N x c) iterates, then Y += op(M) (a X) in one batched GEMM (beta = alpha = 1, no host sync).
-void step_blas(const at::Tensor& M, int64_t b0, int64_t nb, const void* X, int64_t x_bs, int ldx,
-               void* Y, int64_t y_bs, int ldy, bool trans, int c, const at::Tensor& alpha,
-               int mode) {
-  const int64_t N = M.size(1);
-  const int64_t esz = M.element_size();
-  const auto opts = M.options();
+// The matrix of one cuBLAS iteration, so that every variant is one GEMM with an identity
+// skip term: V_{k+1} = Mv V_k with Mv = C (A); V_{k+1} = V_k + Mv V_k with Mv = alpha C (B) or
+// Mv = alpha (C - I) (C: alpha C V + (1 - alpha) V = V + alpha (C - I) V). Formed once per call
+// (one element-wise pass over the affinities; alpha stays on the device, no host sync), it
+// replaces two element-wise passes and two extra launches per iteration. The backward runs
+// G_k = G_{k+1} + Mv^T G_{k+1} with the same matrix.
+at::Tensor step_matrix(const at::Tensor& C, const at::Tensor& alpha, int mode) {
+  if (mode == 0) return C;
+  at::Tensor M = C * alpha;  // float32 0-dim factor: formed in float32, rounded once
+  if (mode == 2) M.diagonal(0, 1, 2).sub_(alpha);
+  return M;
+}
+
+// One iteration on cuBLAS: Y = op(Mv) X (A) or Y = X + op(Mv) X (B, C), with Mv from
+// step_matrix. X and Y are (nb, N, c) views into the caller's buffers (row stride ldx / ldy,
+// which cuBLAS takes as leading dimensions, so the stacked states need no copies).
+void step_blas(const at::Tensor& Mv, int64_t b0, int64_t nb, const void* X, int64_t x_bs,
+               int ldx, void* Y, int64_t y_bs, int ldy, bool trans, int c, int mode) {
+  const int64_t N = Mv.size(1);
+  const int64_t esz = Mv.element_size();
+  const auto opts = Mv.options();
   at::Tensor Xt = at::from_blob(const_cast<char*>(static_cast<const char*>(X)) + b0 * x_bs * esz,
                                 {nb, N, c}, {x_bs, ldx, 1}, opts);
   at::Tensor Yt = at::from_blob(static_cast<char*>(Y) + b0 * y_bs * esz, {nb, N, c},
                                 {y_bs, ldy, 1}, opts);
-  at::Tensor Mt = M.narrow(0, b0, nb);
+  at::Tensor Mt = Mv.narrow(0, b0, nb);
   if (trans) Mt = Mt.transpose(1, 2);
   if (mode == 0) {
     at::bmm_out(Yt, Mt, Xt);
-    return;
-  }
-  // alpha is a float32 0-dim tensor: the products are formed in float32 and rounded once to the
-  // iterate dtype (a 0-dim operand does not promote), as in the reference.
-  if (mode == 1) {
-    Yt.copy_(Xt);
   } else {
-    at::mul_out(Yt, Xt, 1 - alpha);
+    at::baddbmm_out(Yt, Xt, Mt, Xt);  // Y = X + Mt X (beta = alpha = 1)
   }
-  Yt.baddbmm_(Mt, Xt * alpha);
 }
 
 // One iteration for batches [b0, b0 + nb): X, Y point at batch 0 (element strides x_bs, y_bs).
 void step(const at::Tensor& M, int64_t b0, int64_t nb, const void* X, int64_t x_bs, int ldx,
           void* Y, int64_t y_bs, int ldy, bool trans, int c, const at::Tensor& alpha, int mode) {
-  if (!use_wmma_step()) {
-    step_blas(M, b0, nb, X, x_bs, ldx, Y, y_bs, ldy, trans, c, alpha, mode);
+  if (!use_wmma_step()) {  // M is step_matrix(C, alpha, mode) here
+    step_blas(M, b0, nb, X, x_bs, ldx, Y, y_bs, ldy, trans, c, mode);
     return;
   }
   const int64_t N = M.size(1);
@@ -426,6 +430,7 @@ std::tuple<at::Tensor, at::Tensor> ifb_cuda(const at::Tensor& affinity_in, const
   }
   const int64_t st_ld = iters * c, st_bs = N * iters * c;
   TORCH_CHECK(st_ld <= INT32_MAX, "ifb: iters * c too large");
+  const at::Tensor M = use_wmma_step() ? C : step_matrix(C, alpha, mode);
   const int64_t group = batch_group(B, N, c, esz);
   for (int64_t b0 = 0; b0 < B; b0 += group) {
     const int64_t nb = std::min(group, B - b0);
@@ -450,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor> ifb_cuda(const at::Tensor& affinity_in, const
       } else {
         Y = (k % 2 == 0 ? ping : pong).data_ptr(), y_bs = N * c, ldy = c;
       }
-      step(C, b0, nb, X, x_bs, static_cast<int>(ldx), Y, y_bs, static_cast<int>(ldy),
+      step(M, b0, nb, X, x_bs, static_cast<int>(ldx), Y, y_bs, static_cast<int>(ldy),
            /*trans=*/false, static_cast<int>(c), alpha, mode);
     }
   }
@@ -493,15 +498,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ifb_backward_cuda(
   const int64_t ld = iters * c, bs = N * iters * c;
   TORCH_CHECK(ld <= INT32_MAX, "ifb_backward: iters * c too large");
   at::Tensor grad_v = at::empty({B, N, c}, g.options());
+  const at::Tensor M = use_wmma_step() ? C : step_matrix(C, alpha, mode);
   const int64_t group = batch_group(B, N, c, esz);
   for (int64_t b0 = 0; b0 < B; b0 += group) {
     const int64_t nb = std::min(group, B - b0);
     for (int64_t k = iters - 1; k >= 1; --k) {
       // G_k (slot k - 1) = a C^T G_{k+1} (slot k) + b G_{k+1}
-      step(C, b0, nb, gs + k * c * esz, bs, static_cast<int>(ld), gs + (k - 1) * c * esz, bs,
+      step(M, b0, nb, gs + k * c * esz, bs, static_cast<int>(ld), gs + (k - 1) * c * esz, bs,
            static_cast<int>(ld), /*trans=*/true, static_cast<int>(c), alpha, mode);
     }
-    step(C, b0, nb, gs, bs, static_cast<int>(ld), grad_v.data_ptr(), N * c,
+    step(M, b0, nb, gs, bs, static_cast<int>(ld), grad_v.data_ptr(), N * c,
          static_cast<int>(c), /*trans=*/true, static_cast<int>(c), alpha, mode);
   }
 
