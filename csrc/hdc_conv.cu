@@ -13,6 +13,9 @@
 // shared-memory B operand (the 9 taps are read through L1; the depthwise output never reaches
 // global memory), stages the pointwise weights as the A operand, and accumulates the pointwise
 // product on tensor cores (float32 accumulators); bias + ReLU are applied in the epilogue.
+// For 16-bit dtypes and 128 < C_in <= 256, hdc_fwd_resident_kernel keeps the whole pointwise
+// weight block in shared memory and loops over pixel tiles (see its comment); use_resident_forward
+// picks the kernel (MTLKIT_HDC_FWD=auto|resident|tiled).
 //
 // Backward, with gz = grad_out * (out > 0) (ReLU mask from the saved stage output):
 //   gy = pw_w^T gz                       one batched cuBLAS GEMM (weight broadcast over B)

@@ -6,21 +6,21 @@
 //   variant C (eq. 8): V_{k+1} = alpha C V_k + (1 - alpha) V_k (a = alpha, b = 1 - alpha)
 // i.e. V_{k+1} = a C V_k + b V_k, and the op returns V_iters.
 //
-// Forward: one launch per iteration of `ifb_step_kernel`, a tensor-core tile GEMM fused with the
-// blend (Y = a * op(C) X + b * X; alpha is read from device memory, so no host sync). The
-// iterates V_0..V_{iters-1} are written into one stacked buffer `states` (B, N, iters, c) when
-// the backward will need them (save_states), else two ping-pong buffers are used.
+// Forward: per iteration one cuBLAS GEMM through ATen, V_{k+1} = Mv V_k (A) or
+// V_{k+1} = V_k + Mv V_k (B, C) with the iteration matrix Mv = C, alpha C or alpha (C - I)
+// formed once per call (step_matrix; alpha is read on the device, so no host sync). The iterates
+// V_0..V_{iters-1} are written into one stacked buffer `states` (B, N, iters, c) when the
+// backward will need them (save_states), else two ping-pong buffers are used; cuBLAS reads and
+// writes the stacked slots in place through their leading dimension iters * c.
 //
-// Keeping C on chip: the iteration is memory-bound when C is re-read from HBM every step. The
-// batch is processed in groups (batch_group) whose affinities fit in ~60% of the L2 cache, and
-// all iterations of a group run back to back, so from the second iteration on C is read from L2
-// (e.g. B = 16, N = 1200: 2.9 MB per bfloat16 affinity, groups of ~10). When a single affinity
-// is larger than that (N = 4800: 46 MB) nothing can stay on chip and the whole batch runs per
-// launch. (A persistent cooperative kernel holding row blocks of C in shared memory is the next
-// step for mid-size N; it is not implemented.)
+// MTLKIT_IFB_GEMM=wmma selects the first version instead: a hand-written tensor-core tile GEMM
+// fused with the blend (ifb_step_kernel), run over batch groups whose affinities fit in ~60% of
+// the L2 cache so that C is read from L2 from the second iteration on (batch_group). On an H100
+// it was 2-4x slower than cuBLAS at every issue-7 shape (benchmarks/RESULTS.md); a persistent
+// cooperative kernel holding row blocks of C in shared memory is not implemented.
 //
 // Backward, with G_k = dL/dV_k and G_iters = grad_out:
-//   G_k      = a C^T G_{k+1} + b G_{k+1}                (the same step kernel with C^T)
+//   G_k      = a C^T G_{k+1} + b G_{k+1}      (the same step with Mv^T: G_{k+1} + Mv^T G_{k+1})
 //   S        = sum_k G_{k+1} V_k^T = [G_1 .. G_iters] [V_0 .. V_{iters-1}]^T   (one at::bmm
 //              over the stacked iterations: K = iters * c)
 //   dC       = a S
@@ -29,8 +29,9 @@
 // G_1..G_iters are stacked the same way (B, N, iters, c), so both stacks view as
 // (B, N, iters * c) matrices without copies.
 //
-// Accumulation is float32 everywhere (tensor-core accumulators; the 3xTF32 split keeps float32
-// inputs at float32 accuracy); iterates are stored in the input dtype.
+// Accumulation is float32 everywhere (cuBLAS with float32 compute; float32 inputs stay in true
+// float32 unless torch.backends.cuda.matmul.allow_tf32 is set); iterates are stored in the input
+// dtype.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
