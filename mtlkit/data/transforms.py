@@ -231,13 +231,36 @@ class EvalTransform:
             hw = _scaled((h, w), r)
             hw = (min(hw[0], self.size[0]), min(hw[1], self.size[1]))
             sample = resize_sample(sample, hw)
-        hw = sample["image"].shape[:2]
-        out = pad_to(sample, self.size)
-        out["hw"] = np.array(hw, dtype=np.int64)
-        return out
+        return _pad_with_hw(sample, self.size)
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size})"
+
+
+def _pad_with_hw(sample: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """:func:`pad_to` ``size``, plus the unpadded (h, w) under ``"hw"`` (int64)."""
+    hw = sample["image"].shape[:2]
+    out = pad_to(sample, size)
+    out["hw"] = np.array(hw, dtype=np.int64)
+    return out
+
+
+def _random_crop(sample: dict[str, np.ndarray], size: tuple[int, int],
+                 generator: Generator) -> dict[str, np.ndarray]:
+    """A uniformly placed (H, W) window (top drawn first, then left); a side that is not larger
+    than the window is kept whole."""
+    H, W = size
+    nh, nw = sample["image"].shape[:2]
+    top = _randint(nh - H + 1, generator) if nh > H else 0
+    left = _randint(nw - W + 1, generator) if nw > W else 0
+    return {k: v[top:top + H, left:left + W] for k, v in sample.items()}
+
+
+def _divide_depth(sample: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
+    """Depth divided by the image scale factor (zooming in by s brings the scene s times closer)."""
+    if "depth" in sample and scale != 1.0:
+        sample["depth"] = (sample["depth"] / np.float32(scale)).astype(np.float32)
+    return sample
 
 
 def _rand(generator: Generator) -> float:
@@ -307,25 +330,16 @@ class TrainTransform:
 
     def __call__(self, sample: dict[str, np.ndarray],
                  generator: Generator = None) -> dict[str, np.ndarray]:
-        H, W = self.size
         h, w = sample["image"].shape[:2]
         s = self.sample_scale(generator)
         r = _fit_ratio((h, w), self.size)
         sample = resize_sample(sample, _scaled((h, w), r * s))
-        if "depth" in sample and s != 1.0:
-            sample["depth"] = (sample["depth"] / np.float32(s)).astype(np.float32)
+        sample = _divide_depth(sample, s)
         if self.photometric:
             sample["image"] = photometric_distortion(sample["image"], generator)
         if self.flip and _rand(generator) < 0.5:
             sample = hflip(sample)
-        nh, nw = sample["image"].shape[:2]
-        top = _randint(nh - H + 1, generator) if nh > H else 0
-        left = _randint(nw - W + 1, generator) if nw > W else 0
-        sample = {k: v[top:top + H, left:left + W] for k, v in sample.items()}
-        hw = sample["image"].shape[:2]
-        out = pad_to(sample, self.size)
-        out["hw"] = np.array(hw, dtype=np.int64)
-        return out
+        return _pad_with_hw(_random_crop(sample, self.size, generator), self.size)
 
     def __repr__(self) -> str:
         sc = f"scale_range={self.scale_range}" if self.scale_range else f"scales={self.scales}"
@@ -360,23 +374,14 @@ class PascalTransform(TrainTransform):
     def apply(self, sample: dict[str, np.ndarray], flip: bool, angle: float, scale: float,
               generator: Generator = None) -> dict[str, np.ndarray]:
         """Apply the given flip / rotation / scale; only the crop position is random."""
-        H, W = self.size
         h, w = sample["image"].shape[:2]
         if flip:
             sample = hflip(sample)
         sample = rotate_sample(sample, angle)
         r = _fit_ratio((h, w), self.size)
         sample = resize_sample(sample, _scaled((h, w), r * scale))
-        if "depth" in sample and scale != 1.0:
-            sample["depth"] = (sample["depth"] / np.float32(scale)).astype(np.float32)
-        nh, nw = sample["image"].shape[:2]
-        top = _randint(nh - H + 1, generator) if nh > H else 0
-        left = _randint(nw - W + 1, generator) if nw > W else 0
-        sample = {k: v[top:top + H, left:left + W] for k, v in sample.items()}
-        hw = sample["image"].shape[:2]
-        out = pad_to(sample, self.size)
-        out["hw"] = np.array(hw, dtype=np.int64)
-        return out
+        sample = _divide_depth(sample, scale)
+        return _pad_with_hw(_random_crop(sample, self.size, generator), self.size)
 
     def __call__(self, sample: dict[str, np.ndarray],
                  generator: Generator = None) -> dict[str, np.ndarray]:
