@@ -10,29 +10,14 @@ error = max |x - x64| / max |x64| over each tensor.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
+from tests.ops._kernels import cuda_kernels, rel_err  # noqa: F401
 
-pytestmark = pytest.mark.cuda
-
-
-@pytest.fixture(autouse=True)
-def _need_kernels(monkeypatch):
-    if not ops.HAS_CUDA_OPS:
-        if os.environ.get("MTLKIT_REQUIRE_EXT") == "1":
-            pytest.fail(f"mtlkit._C required but unavailable: {ops.CUDA_OPS_ERROR}")
-        pytest.skip(f"CUDA extension unavailable: {ops.CUDA_OPS_ERROR}")
-    monkeypatch.setenv("MTLKIT_KERNELS", "1")
-
-
-def rel_err(x: torch.Tensor, truth: torch.Tensor) -> float:
-    truth = truth.double()
-    return ((x.double() - truth).abs().max() / truth.abs().max().clamp_min(1e-30)).item()
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
 
 def norm_err(x: torch.Tensor, truth: torch.Tensor) -> float:

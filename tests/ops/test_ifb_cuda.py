@@ -10,32 +10,22 @@ error = max |x - x64| / max |x64| over each tensor.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
+from tests.ops._kernels import cuda_kernels  # noqa: F401
+from tests.ops._kernels import rel_err as max_rel_err
 
-pytestmark = pytest.mark.cuda
-
-
-@pytest.fixture(autouse=True)
-def _need_kernels(monkeypatch):
-    if not ops.HAS_CUDA_OPS:
-        if os.environ.get("MTLKIT_REQUIRE_EXT") == "1":
-            pytest.fail(f"mtlkit._C required but unavailable: {ops.CUDA_OPS_ERROR}")
-        pytest.skip(f"CUDA extension unavailable: {ops.CUDA_OPS_ERROR}")
-    monkeypatch.setenv("MTLKIT_KERNELS", "1")
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
 
 def rel_err(x: torch.Tensor | None, truth: torch.Tensor | None) -> float:
+    """:func:`max_rel_err`, with a missing gradient (None) standing for zeros."""
     if truth is None:
         return 0.0 if x is None else x.double().abs().max().item()
-    truth = truth.double()
-    x = torch.zeros_like(truth) if x is None else x.double()
-    return ((x - truth).abs().max() / truth.abs().max().clamp_min(1e-30)).item()
+    return max_rel_err(torch.zeros_like(truth) if x is None else x, truth)
 
 
 def make_inputs(B, N, c, dtype, seed=0, stochastic=True):

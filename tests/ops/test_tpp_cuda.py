@@ -6,24 +6,14 @@ the tests skip too, unless ``MTLKIT_REQUIRE_EXT=1`` (then they fail).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
+from tests.ops._kernels import cuda_kernels  # noqa: F401
 
-pytestmark = pytest.mark.cuda
-
-
-@pytest.fixture(autouse=True)
-def _need_kernels(monkeypatch):
-    if not ops.HAS_CUDA_OPS:
-        if os.environ.get("MTLKIT_REQUIRE_EXT") == "1":
-            pytest.fail(f"mtlkit._C required but unavailable: {ops.CUDA_OPS_ERROR}")
-        pytest.skip(f"CUDA extension unavailable: {ops.CUDA_OPS_ERROR}")
-    monkeypatch.setenv("MTLKIT_KERNELS", "1")
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
 
 def rel_err(x: torch.Tensor, truth: torch.Tensor) -> float:
