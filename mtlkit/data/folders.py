@@ -141,6 +141,20 @@ def read_id_list(path: Path, what: str) -> list[str]:
     return ids
 
 
+def read_split_lists(list_dir: Path, fix: str, limit: int | None = None) -> dict[str, list[str]]:
+    """``train.txt`` and ``val.txt`` of ``list_dir`` (:func:`read_id_list`, first ``limit`` ids
+    of each); :class:`DataError` when a file is missing or the two splits share an id."""
+    splits: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        ids = read_id_list(require_file(list_dir / f"{split}.txt", "split list", fix), "split list")
+        splits[split] = ids[:limit] if limit else ids
+    overlap = set(splits["train"]) & set(splits["val"])
+    if overlap:
+        raise DataError(f"{list_dir}: id {sorted(overlap)[0]!r} is in both train.txt and val.txt",
+                        "the splits must be disjoint")
+    return splits
+
+
 def check_shape(arr: np.ndarray, shape: tuple[int, ...], path: Path, what: str) -> None:
     """:class:`DataError` when ``arr.shape != shape``."""
     if arr.shape != shape:
@@ -294,16 +308,8 @@ def convert_nyud_folder(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     layout = detect_nyud_layout(root)
-    splits: dict[str, list[str]] = {}
-    for split in ("train", "val"):
-        lst = require_file(root / "gt_sets" / f"{split}.txt", "split list",
-                           "the folder must hold gt_sets/train.txt and gt_sets/val.txt")
-        ids = read_id_list(lst, "split list")
-        splits[split] = ids[:limit] if limit else ids
-    overlap = set(splits["train"]) & set(splits["val"])
-    if overlap:
-        raise DataError(f"{root}/gt_sets: id {sorted(overlap)[0]!r} is in both train.txt and "
-                        "val.txt", "the splits must be disjoint")
+    splits = read_split_lists(root / "gt_sets",
+                              "the folder must hold gt_sets/train.txt and gt_sets/val.txt", limit)
     first = _read_folder_sample(root, layout, splits["train"][0])
     size = first["image"].shape[:2]
     convention = (f"as provided by {_LAYOUTS[layout][3]} (unchanged, re-normalised); "

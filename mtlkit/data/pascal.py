@@ -43,9 +43,9 @@ from mtlkit.data.folders import (
     IGNORE,
     check_out_path,
     progress_bar,
-    read_id_list,
     read_png,
     read_rgb,
+    read_split_lists,
     require_dir,
     require_file,
     unit_normals,
@@ -287,15 +287,7 @@ def convert_pascal(
     for sub in ("JPEGImages", "ImageSets/Context", "semseg", "human_parts", "normals_distill",
                 "sal_distill", "pascal-context/trainval"):
         require_dir(root / sub, "PASCAL_MT sub-folder", _FIX)
-    splits: dict[str, list[str]] = {}
-    for split in ("train", "val"):
-        lst = require_file(root / "ImageSets" / "Context" / f"{split}.txt", "split list", _FIX)
-        ids = read_id_list(lst, "split list")
-        splits[split] = ids[:limit] if limit else ids
-    both = set(splits["train"]) & set(splits["val"])
-    if both:
-        raise DataError(f"{root}/ImageSets/Context: id {sorted(both)[0]!r} is in both train.txt "
-                        "and val.txt", "the splits must be disjoint")
+    splits = read_split_lists(root / "ImageSets" / "Context", _FIX, limit)
     attrs = {
         "semseg_class_names": list(VOC_CLASS_NAMES),
         "normals_convention": "as provided by MTL-PT PASCAL_MT normals_distill (decoded 2v/255-1,"
