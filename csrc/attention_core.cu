@@ -28,6 +28,8 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace mtlkit {
 namespace {
@@ -567,12 +569,25 @@ void dispatch_dtype(c10::ScalarType dtype, F&& f) {
 
 unsigned int ceil_div(int a, int b) { return static_cast<unsigned int>((a + b - 1) / b); }
 
+// MTLKIT_ATTN_CORE=simt (default: the CUDA-core kernels of this file) or tc (the tensor-core
+// kernels of attention_tc.cu where the problem qualifies, else these). Read on every call so a
+// test or benchmark can switch it. The default becomes tc once the tc kernels have passed the
+// CUDA tests on a GPU (see benchmarks/KERNEL_NOTES.md).
+bool tensor_cores_requested() {
+  const char* env = std::getenv("MTLKIT_ATTN_CORE");
+  const std::string mode = env != nullptr ? env : "simt";
+  TORCH_CHECK(mode == "simt" || mode == "tc", "MTLKIT_ATTN_CORE must be 'simt' or 'tc', got '",
+              mode, "'; unset it for the default");
+  return mode == "tc";
+}
+
 }  // namespace
 
 void attn_forward(const AttnProblem& p, void* out, float* lse) {
   check_problem(p);
   if (p.batch == 0 || p.maps == 0 || p.nq == 0) return;
   TORCH_CHECK(p.nk >= 1, "attention: at least one key is required");
+  if (tensor_cores_requested() && attn_tc_forward(p, out, lse)) return;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(ceil_div(p.nq, BR), p.v.parts, p.batch * p.maps);
   dispatch_dtype(p.dtype, [&](auto tag) {
@@ -586,6 +601,7 @@ void attn_backward(const AttnProblem& p, const float* lse, const float* drow, fl
                    float* dk, float* dv, float* dweight) {
   check_problem(p);
   if (p.batch == 0 || p.maps == 0 || p.nq == 0 || p.nk == 0) return;
+  if (tensor_cores_requested() && attn_tc_backward(p, lse, drow, dq, dk, dv, dweight)) return;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int gmaps = p.shared_qk ? 1 : p.maps;
   const dim3 grid_q(ceil_div(p.nq, BR), p.q.parts, p.batch * gmaps);

@@ -61,4 +61,11 @@ void attn_forward(const AttnProblem& p, void* out, float* lse);
 void attn_backward(const AttnProblem& p, const float* lse, const float* drow, float* dq,
                    float* dk, float* dv, float* dweight);
 
+// Tensor-core versions (attention_tc.cu, mma.sync; bfloat16 and float16 with part dims that are
+// multiples of 16, 16-byte aligned operands). Same contracts as above; they return false without
+// doing anything when the problem does not qualify (dtype, layout, shared memory, device).
+bool attn_tc_forward(const AttnProblem& p, void* out, float* lse);
+bool attn_tc_backward(const AttnProblem& p, const float* lse, const float* drow, float* dq,
+                      float* dk, float* dv, float* dweight);
+
 }  // namespace mtlkit

@@ -28,3 +28,12 @@ def rel_err(x: torch.Tensor, truth: torch.Tensor) -> float:
     """max |x - truth| / max |truth|, in float64."""
     truth = truth.double()
     return ((x.double() - truth).abs().max() / truth.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.fixture(params=["simt", "tc"])
+def attn_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run an attention test with each attention core (``MTLKIT_ATTN_CORE``): the CUDA-core
+    kernels and the tensor-core kernels (bfloat16/float16 problems whose head dims are multiples
+    of 16; others fall back to the CUDA-core kernels inside the extension)."""
+    monkeypatch.setenv("MTLKIT_ATTN_CORE", request.param)
+    return request.param

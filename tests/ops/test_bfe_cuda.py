@@ -13,7 +13,7 @@ import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
-from tests.ops._kernels import cuda_kernels, rel_err  # noqa: F401
+from tests.ops._kernels import attn_core, cuda_kernels, rel_err  # noqa: F401
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
@@ -53,6 +53,7 @@ CASES = [
 ]
 
 
+@pytest.mark.usefixtures("attn_core")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_backward_vs_float64(case, dtype):
@@ -115,6 +116,7 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(out, ops.bfe_attention(q, *args, pool=2, heads=2))
 
 
+@pytest.mark.usefixtures("attn_core")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
     x = make_inputs(2, 37, 3, 8, 8, 4, 32, 2, dtype)
@@ -143,3 +145,27 @@ def test_peak_memory_linear_in_n():
     scores_large = 2 * 2 * 8192 * 8192 * 4  # B * heads * n^2 float32
     assert large < scores_large / 8
     assert large <= 8 * 2.0 * small + 2**20  # 8x the tokens, ~8x the memory
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tensor_core_core_is_used_and_agrees(monkeypatch, dtype):
+    """MTLKIT_ATTN_CORE=tc really switches kernels (16-bit results differ in the last bits: the
+    tensor-core path rounds P and dS to 16 bits) and agrees with the CUDA-core kernels."""
+    x = make_inputs(2, 150, 3, 16, 12, 20, 128, 2, 2, dtype)  # head dim 64, Nk = 180
+    grad = torch.randn(2, 150, 128, generator=torch.Generator().manual_seed(2)).cuda()
+    results = {}
+    for core in ("simt", "tc"):
+        monkeypatch.setenv("MTLKIT_ATTN_CORE", core)
+        results[core] = run(ops.bfe_attention, x, 2, 2, grad)
+    (o_s, g_s), (o_t, g_t) = results["simt"], results["tc"]
+    assert not torch.equal(o_s, o_t)
+    assert rel_err(o_t, o_s) < 2e-2
+    for a, b in zip(g_t, g_s, strict=True):
+        assert rel_err(a, b) < 3e-2
+
+
+def test_attention_core_switch_rejects_unknown_values(monkeypatch):
+    x = make_inputs(1, 8, 1, 8, 4, 4, 32, 2, torch.bfloat16)
+    monkeypatch.setenv("MTLKIT_ATTN_CORE", "wgmma")
+    with pytest.raises(RuntimeError, match="MTLKIT_ATTN_CORE"):
+        ops.bfe_attention(*x.values(), pool=2, heads=2)

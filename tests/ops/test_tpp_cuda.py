@@ -11,7 +11,7 @@ import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
-from tests.ops._kernels import cuda_kernels  # noqa: F401
+from tests.ops._kernels import attn_core, cuda_kernels  # noqa: F401
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
@@ -55,9 +55,12 @@ CASES = [
     (1, 6, 65, 128, 128, 1),   # head dim 128, feature dim T*D = 768
     (3, 2, 300, 64, 48, 2),    # NYUD-like token count
     (1, 4, 33, 80, 100, 1),    # head dims not multiples of 16
+    (2, 4, 100, 64, 64, 1),    # T * D = 256: two 128-column output groups (tensor-core path)
+    (2, 4, 100, 64, 64, 4),    # the same with one map per task
 ]
 
 
+@pytest.mark.usefixtures("attn_core")
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_backward_vs_float64(case, dtype):
@@ -96,6 +99,7 @@ def test_kernel_switch(monkeypatch):
     torch.testing.assert_close(a, ops.tpp_attention(*args), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("attn_core")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("M", [1, 3])
 def test_opcheck(dtype, M):
