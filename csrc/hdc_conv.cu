@@ -26,6 +26,11 @@
 //   d dw_b = sum gy                        (all 9 taps and the bias in one pass, one reduction)
 // (The first version computed gy and d pw_w with hand-written WMMA kernels; on an H100 they
 // took 143 us and 678 us per stage at B = 8, C = 256, 60x80 bf16, several times cuBLAS.)
+// MTLKIT_HDC_DW (read on every backward call) picks the two depthwise passes: pixel (default,
+// hdc_dw_kernel / hdc_grad_x_kernel: one pixel per thread, 9 masked gathers through L1) or band
+// (hdc_dw_band_kernel / hdc_grad_x_band_kernel: one CTA per band of R rows of one plane, the rows
+// plus a zero halo of d staged in shared memory, so every tap is an unconditional shared read;
+// the pixel kernels remain the fallback when not even one staged row fits in shared memory).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -295,6 +300,26 @@ __global__ void __launch_bounds__(256)
   y[plane + p] = from_float<T>(dw_value(x + plane, p, tap_mask(p / W, p % W, H, W, d), w, W, d));
 }
 
+// row[t] = sum of acc[t] over the 256 threads of the CTA, t < 10 (the depthwise weight and bias
+// gradient partials); every thread must call it.
+__device__ __forceinline__ void cta_sum10(const float (&acc)[10], float (&red)[8][10],
+                                          float* __restrict__ row) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % 32, warp = tid / 32;
+#pragma unroll
+  for (int t = 0; t < 10; ++t) {
+    const float s = tile::warp_sum(acc[t]);
+    if (lane == 0) red[warp][t] = s;
+  }
+  __syncthreads();
+  if (tid < 10) {
+    float s = 0.f;
+#pragma unroll
+    for (int wp = 0; wp < 8; ++wp) s += red[wp][tid];
+    row[tid] = s;
+  }
+}
+
 // gx[b, ci, q] = sum_t dw_w[ci, t] gy[b, ci, q - off_t] (sources inside the image) and partials
 // part[(b * nchunk + chunk), ci, t] = sum_{p in chunk} gy[p] x[p + off_t] (t < 9), gy[p] (t = 9).
 // grid = (nchunk, Cin, B), 256 threads, chunk = pixels per CTA.
@@ -338,19 +363,155 @@ __global__ void __launch_bounds__(256)
     acc[9] += g;
     gxp[p] = from_float<T>(gsum);
   }
-  const int lane = tid % 32, warp = tid / 32;
-#pragma unroll
-  for (int t = 0; t < 10; ++t) {
-    const float s = tile::warp_sum(acc[t]);
-    if (lane == 0) red[warp][t] = s;
+  cta_sum10(acc, red,
+            part + (static_cast<int64_t>(b) * gridDim.x + blockIdx.x) * Cin * 10 + ci * 10);
+}
+
+// ----------------------------------------------------------------------------- band kernels
+// MTLKIT_HDC_DW=band: the same two depthwise passes with every tap read from shared memory.
+// One CTA per (band of R output rows, channel c, image b); grid = (nbands, C, B), 256 threads.
+// The CTA stages rows [h0 - d, h0 + Rb + d) of its plane (Rb = rows of this band) as float:
+// stage row rr holds image row h0 - d + rr at columns [L, L + W) of a row of SW floats, and
+// columns [L - d, L), [L + W, L + W + d) and rows outside the image are zero. Tap t of output
+// pixel (h0 + r, w) is then the unconditional read sm[(r + d + dy d) SW + L + w + dx d]; the
+// zero halo plays the role of the tap mask (zero padding). L = d rounded up to 4 and SW a
+// multiple of 4 keep the interior of each stage row 16-byte aligned for the vector path.
+constexpr int kBandThreads = 256;
+
+// Row-major walk of a (rows x n) index space: (r, c) = divmod(i, n) for i = start, start + 256,
+// ... without a division per step (256 % n < n, so one carry per step suffices).
+struct BandWalk {
+  int r, c, dr, dc;
+  __device__ BandWalk(int start, int n)
+      : r(start / n), c(start % n), dr(kBandThreads / n), dc(kBandThreads % n) {}
+  __device__ __forceinline__ void next(int n) {
+    r += dr;
+    c += dc;
+    if (c >= n) {
+      c -= n;
+      ++r;
+    }
   }
-  __syncthreads();
-  if (tid < 10) {
-    float s = 0.f;
-#pragma unroll
-    for (int wp = 0; wp < 8; ++wp) s += red[wp][tid];
-    part[(static_cast<int64_t>(b) * gridDim.x + blockIdx.x) * Cin * 10 + ci * 10 + tid] = s;
+};
+
+// Stage nrows = Rb + 2d rows of plane src (H x W) starting at image row h0 - d into sm (layout
+// above). Loads are coalesced along the row; with `vec` (src 16-byte aligned, W * sizeof(T) a
+// multiple of 16, so no vector straddles a row) each thread moves 16 bytes per load.
+template <typename T>
+__device__ __forceinline__ void band_stage(float* __restrict__ sm, const T* __restrict__ src,
+                                           int h0, int nrows, int H, int W, int d, int L, int SW,
+                                           bool vec) {
+  const int tid = static_cast<int>(threadIdx.x);
+  // zero halo columns [L - d, L) and [L + W, L + W + d) of every stage row
+  for (int i = tid; i < nrows * 2 * d; i += kBandThreads) {
+    const int rr = i / (2 * d), k = i - rr * 2 * d;
+    sm[rr * SW + (k < d ? L - d + k : L + W + (k - d))] = 0.f;
   }
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  if (vec) {
+    const int Wv = W / V;
+#pragma unroll 2
+    for (BandWalk it(tid, Wv); it.r < nrows; it.next(Wv)) {
+      const int gh = h0 - d + it.r, c = it.c * V;
+      float v[V];
+      if (gh >= 0 && gh < H) {
+        const uint4 u = *reinterpret_cast<const uint4*>(src + gh * W + c);
+        const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = to_float(e[k]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = 0.f;
+      }
+      float4* dst = reinterpret_cast<float4*>(sm + it.r * SW + L + c);
+#pragma unroll
+      for (int k = 0; k < V / 4; ++k)
+        dst[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+    }
+  } else {
+#pragma unroll 4
+    for (BandWalk it(tid, W); it.r < nrows; it.next(W)) {
+      const int gh = h0 - d + it.r;
+      sm[it.r * SW + L + it.c] = (gh >= 0 && gh < H) ? to_float(src[gh * W + it.c]) : 0.f;
+    }
+  }
+}
+
+// y[b, c, p] = dw_b[c] + sum_t dw_w[c, t] x[b, c, p + off_t] for the Rb rows of band blockIdx.x
+// (same float sum, same tap order and same rounding to T as hdc_dw_kernel).
+template <typename T>
+__global__ void __launch_bounds__(kBandThreads)
+    hdc_dw_band_kernel(const T* __restrict__ x, const T* __restrict__ dw_w,
+                       const T* __restrict__ dw_b, T* __restrict__ y, int C, int H, int W, int d,
+                       int R, int L, int SW, bool vec) {
+  extern __shared__ __align__(16) float band_sm[];
+  const int c = static_cast<int>(blockIdx.y);
+  const int h0 = static_cast<int>(blockIdx.x) * R;
+  const int Rb = min(R, H - h0);
+  const int64_t plane = (static_cast<int64_t>(blockIdx.z) * C + c) * H * W;
+  band_stage(band_sm, x + plane, h0, Rb + 2 * d, H, W, d, L, SW, vec);
+  float w[10];
+#pragma unroll
+  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[c * 9 + t]);
+  w[9] = dw_b != nullptr ? to_float(dw_b[c]) : 0.f;
+  __syncthreads();  // stage complete
+  T* yb = y + plane + static_cast<int64_t>(h0) * W;
+  for (BandWalk it(static_cast<int>(threadIdx.x), W); it.r < Rb; it.next(W)) {
+    // centre of pixel (h0 + r, w) in the stage: row r + d, column L + w
+    const float* s = band_sm + (it.r + d) * SW + L + it.c;
+    float v = w[9];
+#pragma unroll
+    for (int t = 0; t < 9; ++t) v += w[t] * s[(t / 3 - 1) * d * SW + (t % 3 - 1) * d];
+    yb[it.r * W + it.c] = from_float<T>(v);
+  }
+}
+
+// gx[b, ci, q] = sum_t dw_w[ci, t] gy[b, ci, q - off_t] for the pixels q of band blockIdx.x
+// (sources outside the image read the zero halo), and the partials
+// part[(b * nbands + band), ci, t] = sum_{p in band} gy[p] x[p + off_t] (t < 9), gy[p] (t = 9),
+// the layout of hdc_grad_x_kernel with one chunk per band. Dynamic shared memory: the x stage
+// followed by the gy stage, (R + 2d) SW floats each.
+template <typename T>
+__global__ void __launch_bounds__(kBandThreads)
+    hdc_grad_x_band_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                           const T* __restrict__ dw_w, T* __restrict__ gx,
+                           float* __restrict__ part, int Cin, int H, int W, int d, int R, int L,
+                           int SW, bool vec) {
+  extern __shared__ __align__(16) float band_sm[];
+  __shared__ float red[kBandThreads / 32][10];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int ci = static_cast<int>(blockIdx.y);
+  const int64_t b = blockIdx.z;
+  const int h0 = static_cast<int>(blockIdx.x) * R;
+  const int Rb = min(R, H - h0);
+  const int64_t plane = (b * Cin + ci) * H * W;
+  float* xs = band_sm;
+  float* gs = band_sm + (R + 2 * d) * SW;
+  band_stage(xs, x + plane, h0, Rb + 2 * d, H, W, d, L, SW, vec);
+  band_stage(gs, gy + plane, h0, Rb + 2 * d, H, W, d, L, SW, vec);
+  float w[9];
+#pragma unroll
+  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[ci * 9 + t]);
+  float acc[10];
+#pragma unroll
+  for (int t = 0; t < 10; ++t) acc[t] = 0.f;
+  __syncthreads();  // both stages complete
+
+  T* gxb = gx + plane + static_cast<int64_t>(h0) * W;
+  for (BandWalk it(tid, W); it.r < Rb; it.next(W)) {
+    const int centre = (it.r + d) * SW + L + it.c;  // pixel p = q = (h0 + r, w)
+    const float g = gs[centre];
+    float gsum = 0.f;
+#pragma unroll
+    for (int t = 0; t < 9; ++t) {
+      const int off = (t / 3 - 1) * d * SW + (t % 3 - 1) * d;
+      acc[t] += g * xs[centre + off];  // forward tap t of p read x[p + off_t]
+      gsum += w[t] * gs[centre - off];  // p' = q - off_t read x[q] through tap t
+    }
+    acc[9] += g;
+    gxb[it.r * W + it.c] = from_float<T>(gsum);
+  }
+  cta_sum10(acc, red, part + (b * gridDim.x + blockIdx.x) * Cin * 10 + ci * 10);
 }
 
 // ----------------------------------------------------------------------------- host side
@@ -546,6 +707,68 @@ at::Tensor hdc_stage_cuda(const at::Tensor& x_in, const at::Tensor& dw_w_in,
   return out;
 }
 
+// Depthwise backward kernels (hdc_dw and hdc_grad_x): MTLKIT_HDC_DW=pixel (default: one pixel
+// per thread, taps gathered through L1) or band (one row band per CTA staged in shared memory).
+// Read on every call, so that tests can switch it.
+bool use_band_backward() {
+  const char* env = std::getenv("MTLKIT_HDC_DW");
+  const std::string mode = env != nullptr && env[0] != '\0' ? env : "pixel";
+  TORCH_CHECK(mode == "pixel" || mode == "band",
+              "hdc_stage_backward: MTLKIT_HDC_DW must be 'pixel' or 'band', got '", mode, "'");
+  return mode == "band";
+}
+
+// Launch geometry of a band kernel staging `nbuf` planes: R rows per band (0: the stage does not
+// fit, use the pixel kernel), nbands = ceil(H / R), stage row layout (L, SW) and dynamic shared
+// memory bytes nbuf (R + 2d) SW 4.
+struct BandPlan {
+  int R = 0, nbands = 0, L = 0, SW = 0;
+  int64_t smem = 0;
+};
+
+// About 2048 output pixels per CTA (R = ceil(2048 / W), at most H), reduced until the stage fits
+// the default 48 KB; when even R = 1 does not, the largest R that fits the device's opt-in limit
+// (and the kernel's attribute is raised); R is then balanced over the bands (20/20/20 rather than
+// 26/26/8 rows for H = 60, W = 80).
+template <typename K>
+BandPlan plan_band(K* kern, int H, int W, int d, int nbuf) {
+  BandPlan bp;
+  const int64_t L = (int64_t{d} + 3) / 4 * 4, SW = (L + W + d + 3) / 4 * 4;  // int64: W + 2d
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kern));
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const int64_t row_bytes = int64_t{nbuf} * SW * static_cast<int64_t>(sizeof(float));
+  const int64_t target = std::min<int64_t>(H, std::max<int64_t>(1, (2048 + W - 1) / W));
+  auto rows_within = [&](int64_t limit) {  // largest R <= target with the stage within limit
+    return std::min<int64_t>(target, limit / row_bytes - 2 * int64_t{d});
+  };
+  const int64_t default_limit =
+      static_cast<int64_t>(prop->sharedMemPerBlock) - static_cast<int64_t>(attr.sharedSizeBytes);
+  const int64_t optin_limit = static_cast<int64_t>(prop->sharedMemPerBlockOptin) -
+                              static_cast<int64_t>(attr.sharedSizeBytes);
+  int64_t R = rows_within(default_limit);
+  if (R < 1) R = rows_within(optin_limit);
+  if (R < 1) return BandPlan{};  // not even one row fits: pixel kernel
+  const int64_t nbands = (H + R - 1) / R;
+  R = (H + nbands - 1) / nbands;  // <= R: still fits
+  bp.R = static_cast<int>(R);  // everything fits in shared memory now: small
+  bp.nbands = static_cast<int>(nbands);
+  bp.L = static_cast<int>(L);
+  bp.SW = static_cast<int>(SW);
+  bp.smem = row_bytes * (R + 2 * int64_t{d});
+  if (bp.smem > default_limit)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bp.smem)));
+  return bp;
+}
+
+// 16-byte loads of whole rows of T: every plane row starts 16-byte aligned.
+template <typename T>
+bool band_vec_ok(const at::Tensor& t, int W) {
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 &&
+         (static_cast<int64_t>(W) * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+}
+
 // mtlkit::hdc_stage_backward(grad_out, x, out, dw_weight, dw_bias, pw_weight, dilation)
 //   -> (grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage_backward_cuda(
@@ -562,6 +785,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage
     TORCH_CHECK(t->scalar_type() == x_in.scalar_type() && t->device() == x_in.device(),
                 "hdc_stage_backward: grad_out and out must match x in dtype and device");
   }
+  const bool band = use_band_backward();
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), dw_w = dw_w_in.contiguous(), pw_w = pw_w_in.contiguous();
   const at::Tensor gout = grad_out_in.contiguous(), out = out_in.contiguous();
@@ -584,25 +808,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage
   const at::Tensor gz = at::threshold_backward(gout, out, 0).view({s.B, s.Cout, P});
   // gy = pw_w^T gz: one batched GEMM with the weight broadcast over the batch (cuBLAS).
   const at::Tensor gy = at::bmm(pw_w.t().expand({s.B, s.Cin, s.Cout}), gz);
-  // d pw_w = sum_b gz_b y_b^T with y recomputed (hdc_dw_kernel), d pw_b = sum gz; both summed
-  // over the batch in float32.
+  // d pw_w = sum_b gz_b y_b^T with y recomputed (hdc_dw_kernel or hdc_dw_band_kernel),
+  // d pw_b = sum gz; both summed over the batch in float32.
   at::Tensor y = at::empty_like(x);
-  at::Tensor gx = at::empty_like(x);  // every element written by hdc_grad_x_kernel
-  // gx and the depthwise weight/bias partials over pixel chunks.
+  at::Tensor gx = at::empty_like(x);  // every element written by the grad_x kernel
+  // gx and the depthwise weight/bias partials over pixel chunks (pixel kernel: chunks of
+  // chunk_x flattened pixels; band kernel: one chunk per row band), summed below.
   const int chunk_x = 256 * 16;
   const int nchunk_x = (P + chunk_x - 1) / chunk_x;
-  at::Tensor part_dw = at::empty({static_cast<int64_t>(B) * nchunk_x, Cin, 10}, fopts);
+  at::Tensor part_dw;
 
   dispatch_dtype(x.scalar_type(), "hdc_stage_backward", [&](auto tag) {
     using T = decltype(tag);
-    const dim3 g0((P + 255) / 256, Cin, B);
-    hdc_dw_kernel<T><<<g0, 256, 0, stream>>>(cptr<T>(x), cptr<T>(dw_w), optr<T>(dw_b),
-                                             mptr<T>(y), Cin, H, W, d);
+    const BandPlan p0 = band ? plan_band(&hdc_dw_band_kernel<T>, H, W, d, 1) : BandPlan{};
+    if (p0.R > 0) {
+      const dim3 g0(p0.nbands, Cin, B);
+      hdc_dw_band_kernel<T><<<g0, kBandThreads, p0.smem, stream>>>(
+          cptr<T>(x), cptr<T>(dw_w), optr<T>(dw_b), mptr<T>(y), Cin, H, W, d, p0.R, p0.L, p0.SW,
+          band_vec_ok<T>(x, W));
+    } else {
+      const dim3 g0((P + 255) / 256, Cin, B);
+      hdc_dw_kernel<T><<<g0, 256, 0, stream>>>(cptr<T>(x), cptr<T>(dw_w), optr<T>(dw_b),
+                                               mptr<T>(y), Cin, H, W, d);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 g3(nchunk_x, Cin, B);
-    hdc_grad_x_kernel<T><<<g3, 256, 0, stream>>>(cptr<T>(gy), cptr<T>(x), cptr<T>(dw_w),
-                                                 mptr<T>(gx), part_dw.data_ptr<float>(), Cin, H,
-                                                 W, d, chunk_x);
+    const BandPlan p3 = band ? plan_band(&hdc_grad_x_band_kernel<T>, H, W, d, 2) : BandPlan{};
+    const int nchunk = p3.R > 0 ? p3.nbands : nchunk_x;
+    part_dw = at::empty({static_cast<int64_t>(B) * nchunk, Cin, 10}, fopts);
+    const dim3 g3(nchunk, Cin, B);
+    if (p3.R > 0) {
+      hdc_grad_x_band_kernel<T><<<g3, kBandThreads, p3.smem, stream>>>(
+          cptr<T>(gy), cptr<T>(x), cptr<T>(dw_w), mptr<T>(gx), part_dw.data_ptr<float>(), Cin, H,
+          W, d, p3.R, p3.L, p3.SW, band_vec_ok<T>(x, W) && band_vec_ok<T>(gy, W));
+    } else {
+      hdc_grad_x_kernel<T><<<g3, 256, 0, stream>>>(cptr<T>(gy), cptr<T>(x), cptr<T>(dw_w),
+                                                   mptr<T>(gx), part_dw.data_ptr<float>(), Cin,
+                                                   H, W, d, chunk_x);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // (explicit IntArrayRef: a braced list is ambiguous with OptionalIntArrayRef in some torch)

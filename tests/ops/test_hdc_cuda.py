@@ -76,10 +76,17 @@ CASES = [
 ]
 
 
+# MTLKIT_HDC_DW: the depthwise backward kernels (one pixel per thread, or row bands staged in
+# shared memory); read by hdc_stage_backward on every call.
+DW_IMPLS = ["pixel", "band"]
+
+
+@pytest.mark.parametrize("dw_impl", DW_IMPLS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_forward_backward_vs_float64(case, dtype, bias):
+def test_forward_backward_vs_float64(case, dtype, bias, dw_impl, monkeypatch):
+    monkeypatch.setenv("MTLKIT_HDC_DW", dw_impl)
     B, chans, H, W, dil = case
     p = make_inputs(B, chans, H, W, dtype, bias=bias)
     # the truth sees the same dtype-rounded grad_out as the kernel
@@ -145,7 +152,9 @@ def test_opcheck(dtype, bias):
                               (p["x"], p["dw"][0], p["db"][0], p["pw"][0], p["pb"][0], d))
 
 
-def test_torch_compile():
+@pytest.mark.parametrize("dw_impl", DW_IMPLS)
+def test_torch_compile(dw_impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTLKIT_HDC_DW", dw_impl)
     p = make_inputs(1, [16, 16, 16], 10, 12, torch.float32)
 
     def f(x, dw, db, pw, pb):
@@ -157,3 +166,71 @@ def test_torch_compile():
     out64 = reference.hdc_conv(q["x"], q["dw"], q["db"], q["pw"], q["pb"], dilations=(2, 5))
     assert rel_err(out, out64) < 2e-5
     assert p["x"].grad is not None and p["pw"][1].grad is not None
+
+
+# (B, C, H, W, dilation) for band vs pixel. Band geometry (R rows per CTA, nbuf staged planes of
+# (R + 2d) rows of ~W + 2d floats; 48 KB default, opt-in 227 KB on an H100, 163 KB on an A100):
+BAND_CASES = [
+    (2, 7, 13, 29, 1),
+    (2, 7, 13, 29, 3),      # neither W nor the halo a multiple of 4
+    (2, 7, 13, 29, 5),
+    (2, 7, 13, 29, 20),     # d > H: the vertical taps all read the zero halo rows
+    (2, 7, 13, 29, 100),    # d clamped to max(H, W) = 29; grad_x shrinks to 2 bands of 7 rows
+    (1, 3, 1, 1, 1),        # one pixel
+    (2, 4, 45, 50, 5),      # 2 bands of 23 + 22 rows
+    (1, 3, 60, 80, 2),      # the TFR size: 3 bands of 20 rows, 16-byte loads (W % 8 == 0)
+    (2, 3, 9, 1900, 1),     # grad_x: R shrinks 2 -> 1 to stay within 48 KB
+    (1, 2, 5, 3000, 1),     # grad_x: R = 1 needs the opt-in shared memory (72 KB)
+    (1, 2, 4, 3000, 5),     # dw: opt-in (133 KB); grad_x: 265 KB fits no device -> pixel kernel
+]
+
+
+def stage_backward(dw_impl: str, args: tuple, monkeypatch: pytest.MonkeyPatch) -> list:
+    """torch.ops.mtlkit.hdc_stage_backward(*args) with MTLKIT_HDC_DW = dw_impl."""
+    monkeypatch.setenv("MTLKIT_HDC_DW", dw_impl)
+    return list(torch.ops.mtlkit.hdc_stage_backward(*args))
+
+
+@pytest.mark.parametrize("misaligned", [False, True])
+@pytest.mark.parametrize("case", BAND_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_band_matches_pixel(case: tuple, dtype: torch.dtype, misaligned: bool,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The band kernels compute the pixel kernels' sums: y and gx in the same tap order, the
+    depthwise weight/bias gradients over row bands instead of pixel chunks (another order).
+    ``misaligned``: x starts 2 elements past a 16-byte boundary (no 16-byte loads)."""
+    B, C, H, W, d = case
+    p = make_inputs(B, [C, C + 3], H, W, dtype)
+    x, dw, db, pw, pb = (t.detach() for t in (p["x"], p["dw"][0], p["db"][0], p["pw"][0],
+                                              p["pb"][0]))
+    if misaligned:
+        buf = torch.empty(x.numel() + 2, dtype=dtype, device=x.device)
+        x = buf[2:].view_as(x).copy_(x)
+        assert x.data_ptr() % 16 != 0
+    out = torch.ops.mtlkit.hdc_stage(x, dw, db, pw, pb, d)
+    gen = torch.Generator().manual_seed(2)
+    grad = torch.randn(out.shape, generator=gen).to(dtype).cuda()
+    args = (grad, x, out, dw, db, pw, d)
+    ref = stage_backward("pixel", args, monkeypatch)
+    got = stage_backward("band", args, monkeypatch)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16: one rounding step of the dw grads
+    names = ["grad_x", "grad_dw_weight", "grad_dw_bias", "grad_pw_weight", "grad_pw_bias"]
+    for name, g, r in zip(names, got, ref, strict=True):
+        assert g.shape == r.shape and g.dtype == r.dtype, name
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, r) <= tol, (name, rel_err(g, r))
+    if dtype == torch.float32:
+        # gx and y (hence d pw_w) are the same float sums in the same tap order
+        assert rel_err(got[0], ref[0]) <= 1e-6
+        assert rel_err(got[3], ref[3]) <= 1e-6
+
+
+def test_invalid_dw_impl_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown MTLKIT_HDC_DW is an error naming the variable (not a silent default)."""
+    p = make_inputs(1, [4, 6], 5, 7, torch.float32)
+    x, dw, db, pw, pb = (t.detach() for t in (p["x"], p["dw"][0], p["db"][0], p["pw"][0],
+                                              p["pb"][0]))
+    out = torch.ops.mtlkit.hdc_stage(x, dw, db, pw, pb, 2)
+    monkeypatch.setenv("MTLKIT_HDC_DW", "bands")
+    with pytest.raises(RuntimeError, match="MTLKIT_HDC_DW"):
+        torch.ops.mtlkit.hdc_stage_backward(torch.ones_like(out), x, out, dw, db, pw, 2)
