@@ -6,6 +6,8 @@ exactly like the reference, and the profiler must run on the CPU without a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mtlkit import profiling
@@ -28,7 +30,22 @@ def test_profile_cpu_small():
     rows = profiling.profile_kernel("bfe_attention", dtype="fp32", backward=True,
                                     shape="small", device="cpu", warmup=0, repeats=1)
     by = {r.impl: r for r in rows}
-    assert set(by) == {"cuda kernel", "pytorch reference", "pytorch best"}
+    assert set(by) == {"cuda kernel", "cuda kernel (tensor cores)", "pytorch reference",
+                       "pytorch best"}
     assert by["cuda kernel"].median_ms is None and "GPU" in by["cuda kernel"].note
     for name in ("pytorch reference", "pytorch best"):
         assert by[name].median_ms > 0 and by[name].max_rel_err < 1e-5
+
+
+def test_implementation_environment_is_set_and_restored(monkeypatch):
+    """An Impl's env (the tensor-core row sets MTLKIT_ATTN_CORE=tc) holds only while it runs."""
+    bench = profiling.benches()["bfe_attention"]
+    tc = next(i for i in bench.impls if i.name == "cuda kernel (tensor cores)")
+    assert tc.env == {"MTLKIT_ATTN_CORE": "tc"}
+    monkeypatch.setenv("MTLKIT_ATTN_CORE", "simt")
+    monkeypatch.delenv("MTLKIT_PROFILE_TEST", raising=False)
+    with profiling._environment({"MTLKIT_ATTN_CORE": "tc", "MTLKIT_PROFILE_TEST": "1"}):
+        assert os.environ["MTLKIT_ATTN_CORE"] == "tc"
+        assert os.environ["MTLKIT_PROFILE_TEST"] == "1"
+    assert os.environ["MTLKIT_ATTN_CORE"] == "simt"
+    assert "MTLKIT_PROFILE_TEST" not in os.environ

@@ -28,8 +28,10 @@ def test_folded_sdpa_matches_reference(M):
 def test_profile_cpu_small_and_errors():
     rows = profiling.profile_kernel("tpp_attention", dtype="fp32", shape="small", device="cpu",
                                     warmup=0, repeats=1)
-    assert [r.impl for r in rows] == ["cuda kernel", "pytorch reference", "pytorch best"]
-    assert rows[1].max_rel_err < 1e-5 and rows[2].max_rel_err < 1e-5
+    assert [r.impl for r in rows] == ["cuda kernel", "cuda kernel (tensor cores)",
+                                      "pytorch reference", "pytorch best"]
+    assert rows[1].median_ms is None and "GPU" in rows[1].note
+    assert rows[2].max_rel_err < 1e-5 and rows[3].max_rel_err < 1e-5
     assert set(profiling.kernel_names()) >= {"bfe_attention", "tpp_attention", "ifb",
                                               "hdc_conv"}
     with pytest.raises(UnknownNameError):
