@@ -127,8 +127,9 @@ def hdc_eager(x: Tensor, dw_weights: Sequence[Tensor], dw_biases: Sequence[Tenso
 def make_bench() -> Any:
     """The ``mtlkit profile --kernel hdc_conv`` bench (replaces the built-in one).
 
-    Implementations: the CUDA kernel, the reference, eager cuDNN convolutions ("pytorch best")
-    and ``torch.compile`` of the reference (CUDA only). Shapes ``b8_c256_*`` are the issue's
+    Implementations: the CUDA kernel, the same with the shared-memory band depthwise gradients
+    (``MTLKIT_HDC_DW=band``), the reference, eager cuDNN convolutions ("pytorch best") and
+    ``torch.compile`` of the reference (CUDA only). Shapes ``b8_c256_*`` are the issue's
     performance targets (B=8, C=256, 60x80 and 120x160, one HDC layer of dilations 1, 2, 5).
     """
     from mtlkit import profiling as P
@@ -141,6 +142,8 @@ def make_bench() -> Any:
     base.shapes = shapes
     base.impls = [
         P.Impl("cuda kernel", P._hdc_call(hdc_conv), P._kernel_unavailable("_hdc_cuda")),
+        P.Impl("cuda kernel (band depthwise)", P._hdc_call(hdc_conv),
+               P._kernel_unavailable("_hdc_cuda"), env={"MTLKIT_HDC_DW": "band"}),
         P.Impl("pytorch reference", P._hdc_call(reference.hdc_conv)),
         P.Impl("pytorch best", P._hdc_call(hdc_eager)),
         P.compiled_reference_impl(reference.hdc_conv, P._hdc_call),

@@ -223,3 +223,18 @@ def test_opcheck_on_meta(bias):
     args = (m(2, 4, 5, 6), m(4, 1, 3, 3), m(4) if bias else None, m(3, 4), m(3) if bias else None,
             2)
     torch.library.opcheck(torch.ops.mtlkit.hdc_stage.default, args)
+
+
+def test_profile_rows_include_the_band_variant():
+    """`mtlkit profile --kernel hdc_conv` has a row for MTLKIT_HDC_DW=band (skipped on a CPU)."""
+    from mtlkit import profiling
+
+    rows = profiling.profile_kernel("hdc_conv", dtype="fp32", shape="small", device="cpu",
+                                    warmup=0, repeats=1)
+    by = {r.impl: r for r in rows}
+    band = by["cuda kernel (band depthwise)"]
+    assert band.median_ms is None and "GPU" in band.note
+    assert by["pytorch best"].median_ms > 0 and by["pytorch best"].max_rel_err < 1e-5
+    bench = profiling.benches()["hdc_conv"]
+    impl = next(i for i in bench.impls if i.name == "cuda kernel (band depthwise)")
+    assert impl.env == {"MTLKIT_HDC_DW": "band"}
