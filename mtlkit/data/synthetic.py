@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlkit.data.folders import progress_bar
 from mtlkit.data.geometry import boundaries
 from mtlkit.data.h5 import PARTS_CLASS_NAMES, H5Writer
 
@@ -775,36 +776,17 @@ def build_synthetic_h5(out: str | os.PathLike[str], *, train: int = 800, val: in
              "source": json.dumps(source, sort_keys=True)}
     splits = [(s, n) for s, n in (("train", train), ("val", val)) if n > 0]
     total = sum(n for _, n in splits)
-    prog = None
-    if progress:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        prog = Progress(TextColumn("[bold]synthetic[/] {task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn())
     with H5Writer(out, dataset="synthetic", tasks=list(SYNTHETIC_TASKS), size=size,
-                  attrs=attrs) as wr:
+                  attrs=attrs) as wr, \
+            progress_bar(total, f"synthetic {out.name}", progress) as advance:
         for split, n in splits:
             wr.add_split(split, n)
-        if prog is not None:
-            prog.start()
-        try:
-            bar = prog.add_task(str(out.name), total=total) if prog is not None else None
-            for split, n in splits:
-                for i in range(n):
-                    sample = render_scene(scene_rng(seed, split, i), size)
-                    sample["index"] = i
-                    wr.write(split, i, sample)
-                    if prog is not None and bar is not None:
-                        prog.advance(bar)
-        finally:
-            if prog is not None:
-                prog.stop()
+        for split, n in splits:
+            for i in range(n):
+                sample = render_scene(scene_rng(seed, split, i), size)
+                sample["index"] = i
+                wr.write(split, i, sample)
+                advance()
     return out
 
 
