@@ -137,5 +137,5 @@ def test_config_presets_build(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- short training
-def test_short_run_lowers_loss(tmp_path_factory: pytest.TempPathFactory) -> None:
-    check_short_run_lowers_loss("bfci", tmp_path_factory.getbasetemp())
+def test_short_run_lowers_loss(tiny_h5: Path) -> None:
+    check_short_run_lowers_loss("bfci", tiny_h5)

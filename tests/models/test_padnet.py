@@ -19,7 +19,7 @@ from mtlkit.models.padnet import SpatialAttentionDistillation, resolve_tasks
 from tests.models._arch_helpers import (
     TASK_SETS,
     backward_reaches_every_parameter,
-    check_training_lowers_loss,
+    check_short_run_lowers_loss,
     config_presets,
     forward_with_quarter_aux,
     single_thread,
@@ -115,4 +115,4 @@ def test_presets(path: Path) -> None:
 
 
 def test_training_lowers_loss(tiny_h5: Path) -> None:
-    check_training_lowers_loss("padnet", tiny_h5)
+    check_short_run_lowers_loss("padnet", tiny_h5)
