@@ -208,10 +208,6 @@ __device__ __forceinline__ void accum_pc(const Smem& sm, float (&acc)[4][NU], in
   }
 }
 
-__device__ __forceinline__ const float* weight_row(const AttnProblem& p, int g) {
-  return p.weight != nullptr ? p.weight + static_cast<int64_t>(g) * p.q.parts : nullptr;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Forward. grid = (ceil(nq / BR), v.parts, batch * maps). Block (x, j, b * maps + g) computes
 // rows [x * BR, x * BR + BR) of value part j of map g.
@@ -566,8 +562,6 @@ void dispatch_dtype(c10::ScalarType dtype, F&& f) {
       TORCH_CHECK(false, "attention: dtype must be float32, bfloat16 or float16, got ", dtype);
   }
 }
-
-unsigned int ceil_div(int a, int b) { return static_cast<unsigned int>((a + b - 1) / b); }
 
 // MTLKIT_ATTN_CORE=simt (default: the CUDA-core kernels of this file) or tc (the tensor-core
 // kernels of attention_tc.cu where the problem qualifies, else these). Read on every call so a

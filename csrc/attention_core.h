@@ -48,6 +48,14 @@ struct AttnProblem {
   c10::ScalarType dtype = c10::ScalarType::Float;
 };
 
+// Mix weights of map g (row g of the (maps, q.parts) weight matrix), or nullptr (all ones).
+__host__ __device__ inline const float* weight_row(const AttnProblem& p, int g) {
+  return p.weight != nullptr ? p.weight + static_cast<int64_t>(g) * p.q.parts : nullptr;
+}
+
+// Grid extent covering `a` items with blocks of `b`.
+inline unsigned int ceil_div(int a, int b) { return static_cast<unsigned int>((a + b - 1) / b); }
+
 // Largest part_dim the kernels accept (register accumulators hold 128 columns per row).
 constexpr int kMaxPartDim = 128;
 

@@ -26,6 +26,7 @@
 // bfloat16 or float16, part dims multiples of 16, 16-byte aligned pointers, every stride a
 // multiple of 8 elements, compute capability >= 8.0 and the shared memory below available.
 #include "attention_core.h"
+#include "wmma_tile.cuh"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -127,11 +128,6 @@ __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
 
 // ------------------------------------------------------------------ operands
 // One operand of a (batch, map): rows of `parts` chunks of `part_dim` 16-bit elements.
@@ -171,6 +167,16 @@ __device__ __forceinline__ void load_tile(uint16_t* sm, int ld, const Side& s, i
   }
 }
 
+// a = 0 for an accumulator array of N n8 tiles (4 floats per thread each).
+template <int N>
+__device__ __forceinline__ void zero(float (&a)[N][4]) {
+#pragma unroll
+  for (int nt = 0; nt < N; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
+  }
+}
+
 // acc[nt] += A_w B^T over feature columns [k0, k1): A = the warp's 16 rows of sa, B = the 64
 // rows of sb (both [row][k], row strides lda / ldb).
 template <bool BF16>
@@ -201,18 +207,10 @@ template <bool BF16>
 __device__ __forceinline__ void scores(float (&s)[kNT][4], const uint16_t* sa, int lda,
                                        const uint16_t* sb, int ldb, int parts, int part_dim,
                                        const float* w, float scale) {
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
-  }
+  zero(s);
   for (int j = 0; j < parts; ++j) {
     float t[kNT][4];
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) t[nt][e] = 0.f;
-    }
+    zero(t);
     mma_abt<BF16>(t, sa, lda, sb, ldb, j * part_dim, (j + 1) * part_dim);
     const float f = scale * (w != nullptr ? w[j] : 1.f);
 #pragma unroll
@@ -252,18 +250,6 @@ __device__ __forceinline__ void mma_xz(float (&acc)[kGT][4], const float (&x)[kN
   }
 }
 
-__device__ __forceinline__ const float* weight_row(const AttnProblem& p, int g) {
-  return p.weight != nullptr ? p.weight + static_cast<int64_t>(g) * p.q.parts : nullptr;
-}
-
-template <typename F>
-__device__ __forceinline__ void zero(F (&a)[kGT][4]) {
-#pragma unroll
-  for (int nt = 0; nt < kGT; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) a[nt][e] = 0.f;
-  }
-}
 
 // ------------------------------------------------------------------ forward
 // grid = (ceil(nq / 64), value groups, batch * maps); group y holds value parts
@@ -465,11 +451,7 @@ __global__ void __launch_bounds__(kThreads)
       scores<BF16>(s, sR, ldq, sC, ldq, p.q.parts, p.q.part_dim, w, p.scale);
       float dp[kNT][4];
       if constexpr (kNeedDp) {
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dp[nt][e] = 0.f;
-        }
+        zero(dp);
         mma_abt<BF16>(dp, sR2, ldv, sC2, ldv, 0, dv);
       }
 #pragma unroll
@@ -539,7 +521,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int nt = 0; nt < kGT; ++nt) {
           if ((nt * 8) / outL.part_dim == jj && nt * 8 < wz) part += dwp[nt];
         }
-        part = warp_sum(part);
+        part = tile::warp_sum(part);
         if (lane == 0) {
           atomicAdd(dweight + static_cast<int64_t>(g) * p.q.parts + j0 + jj, p.scale * part);
         }
@@ -584,8 +566,6 @@ void set_smem(Kernel kernel, size_t bytes) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
 }
-
-unsigned ceil_div(int a, int b) { return static_cast<unsigned>((a + b - 1) / b); }
 
 }  // namespace
 
