@@ -325,8 +325,30 @@ def profile_kernel(name: str, *, dtype: str = "bf16", backward: bool = False,
                  grad_out: Tensor | None = grad_out) -> tuple[Tensor, list[Tensor | None]]:
             return _forward_backward(impl.run, inputs, grad_out)
 
-        with _environment(impl.env):
-            _measure(res, step, dev, warmup, repeats, flops, peak_flops, out64, grads64, inputs)
+        with _environment(impl.env):  # for the forward and the backward of this row only
+            try:
+                out, grads = step()
+            except (RuntimeError, NotImplementedError) as exc:  # e.g. SDPA backend limits
+                res.note = f"failed: {str(exc).splitlines()[0][:120]}"
+                results.append(res)
+                continue
+            err = _rel_err(out, out64)
+            # Gradients that vanish in exact arithmetic (k_bias and mix_bias: softmax is
+            # invariant to a per-row shift) have no meaningful relative error; left out.
+            gmax = max((g.abs().max().item() for g in grads64 if g is not None), default=0.0)
+            for gk, g64 in zip(grads, grads64, strict=False):
+                if g64 is not None and g64.abs().max().item() > 1e-9 * gmax:
+                    err = max(err, _rel_err(gk, g64))
+            res.max_rel_err = err
+            nbytes = _bytes(inputs, out, grads)
+            res.peak_mib = peak_memory_mib(step, dev)
+            ms = time_call(step, dev, warmup=warmup, repeats=repeats)
+        res.median_ms = ms
+        res.tflops = flops / (ms * 1e-3) / 1e12
+        res.gbps = nbytes / (ms * 1e-3) / 1e9
+        if dev.type == "cuda":  # the roofline constants describe an H100, not a CPU
+            bound_s = max(flops / peak_flops, nbytes / (H100_PEAK_GBPS * 1e9))
+            res.roofline_pct = 100.0 * bound_s / (ms * 1e-3)
         results.append(res)
 
     best = next((r for r in results if r.impl == "pytorch best" and r.median_ms), None)
@@ -334,34 +356,6 @@ def profile_kernel(name: str, *, dtype: str = "bf16", backward: bool = False,
         if best is not None and r.median_ms:
             r.speedup_vs_best_pytorch = best.median_ms / r.median_ms
     return results
-
-
-def _measure(res: Result, step: Callable[[], tuple[Tensor, list[Tensor | None]]],
-             dev: torch.device, warmup: int, repeats: int, flops: float, peak_flops: float,
-             out64: Tensor, grads64: list[Tensor | None], inputs: dict[str, Any]) -> None:
-    """Fill ``res`` with the error, peak memory and timing of ``step`` (or a failure note)."""
-    try:
-        out, grads = step()
-    except (RuntimeError, NotImplementedError) as exc:  # e.g. SDPA backend limits
-        res.note = f"failed: {str(exc).splitlines()[0][:120]}"
-        return
-    err = _rel_err(out, out64)
-    # Gradients that vanish in exact arithmetic (k_bias and mix_bias: softmax is invariant to a
-    # per-row shift) have no meaningful relative error; they are left out.
-    gmax = max((g.abs().max().item() for g in grads64 if g is not None), default=0.0)
-    for gk, g64 in zip(grads, grads64, strict=False):
-        if g64 is not None and g64.abs().max().item() > 1e-9 * gmax:
-            err = max(err, _rel_err(gk, g64))
-    res.max_rel_err = err
-    nbytes = _bytes(inputs, out, grads)
-    res.peak_mib = peak_memory_mib(step, dev)
-    ms = time_call(step, dev, warmup=warmup, repeats=repeats)
-    res.median_ms = ms
-    res.tflops = flops / (ms * 1e-3) / 1e12
-    res.gbps = nbytes / (ms * 1e-3) / 1e9
-    if dev.type == "cuda":  # the roofline constants describe an H100, not a CPU
-        bound_s = max(flops / peak_flops, nbytes / (H100_PEAK_GBPS * 1e9))
-        res.roofline_pct = 100.0 * bound_s / (ms * 1e-3)
 
 
 def _device_name(dev: torch.device) -> str:
