@@ -30,6 +30,11 @@ def rel_err(x: torch.Tensor, truth: torch.Tensor) -> float:
     return ((x.double() - truth).abs().max() / truth.abs().max().clamp_min(1e-30)).item()
 
 
+
+def to64(x: dict) -> dict:
+    """The same inputs as float64 leaves that require grad (None stays None)."""
+    return {k: None if v is None else v.detach().double().requires_grad_() for k, v in x.items()}
+
 @pytest.fixture(params=["simt", "tc"])
 def attn_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run an attention test with each attention core (``MTLKIT_ATTN_CORE``): the CUDA-core

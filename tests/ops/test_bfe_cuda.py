@@ -13,7 +13,7 @@ import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
-from tests.ops._kernels import attn_core, cuda_kernels, rel_err  # noqa: F401
+from tests.ops._kernels import attn_core, cuda_kernels, rel_err, to64  # noqa: F401
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
@@ -36,10 +36,6 @@ def run(fn, x, pool, heads, grad):
     leaves = [t for t in x.values() if t is not None]
     grads = torch.autograd.grad(out, leaves, grad.to(out.dtype))
     return out, grads
-
-
-def to64(x):
-    return {k: None if v is None else v.detach().double().requires_grad_() for k, v in x.items()}
 
 
 CASES = [
