@@ -23,31 +23,11 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "convert.cuh"
+#include "warp_sum.cuh"
+
 namespace mtlkit {
 namespace tile {
-
-// ----------------------------------------------------------------------------- conversions
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-
-// ----------------------------------------------------------------------------- reductions
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // dst[0, V) <- src[0, V) with V = 16 / sizeof(T) elements, element e taken only when
 // e < nvalid (else 0): one 16-byte load/store when `vec` (src and dst 16-byte aligned) and the
