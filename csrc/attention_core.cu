@@ -20,6 +20,7 @@
 // The (Nq x Nk) score matrix is never written to global memory.
 
 #include "attention_core.h"
+#include "env_choice.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -568,11 +569,7 @@ void dispatch_dtype(c10::ScalarType dtype, F&& f) {
 // test or benchmark can switch it. The default becomes tc once the tc kernels have passed the
 // CUDA tests on a GPU (see benchmarks/KERNEL_NOTES.md).
 bool tensor_cores_requested() {
-  const char* env = std::getenv("MTLKIT_ATTN_CORE");
-  const std::string mode = env != nullptr ? env : "simt";
-  TORCH_CHECK(mode == "simt" || mode == "tc", "MTLKIT_ATTN_CORE must be 'simt' or 'tc', got '",
-              mode, "'; unset it for the default");
-  return mode == "tc";
+  return env_choice("MTLKIT_ATTN_CORE", {"simt", "tc"}, "simt") == "tc";
 }
 
 }  // namespace

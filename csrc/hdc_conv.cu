@@ -47,6 +47,7 @@
 #include <type_traits>
 
 #include "dyn_smem.cuh"
+#include "env_choice.h"
 #include "wmma_tile.cuh"
 // clang-format off
 #include "hdc_depthwise.cuh"
@@ -457,11 +458,7 @@ at::Tensor hdc_stage_cuda(const at::Tensor& x_in, const at::Tensor& dw_w_in,
 // per thread, taps gathered through L1) or band (one row band per CTA staged in shared memory).
 // Read on every call, so that tests can switch it.
 bool use_band_backward() {
-  const char* env = std::getenv("MTLKIT_HDC_DW");
-  const std::string mode = env != nullptr && env[0] != '\0' ? env : "pixel";
-  TORCH_CHECK(mode == "pixel" || mode == "band",
-              "hdc_stage_backward: MTLKIT_HDC_DW must be 'pixel' or 'band', got '", mode, "'");
-  return mode == "band";
+  return env_choice("MTLKIT_HDC_DW", {"pixel", "band"}, "pixel") == "band";
 }
 
 // band_geometry for `kern` on the current device (raising the kernel's dynamic shared-memory
