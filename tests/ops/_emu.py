@@ -9,6 +9,9 @@ C++ compiler; no CUDA toolkit needed).
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +31,8 @@ def emulator():
     """The compiled module (tc_forward, tc_backward, hdc_dw, hdc_grad_x, Options, Operand)."""
     from torch.utils.cpp_extension import load
 
+    if shutil.which("ninja") is None:  # the venv's ninja (a dependency) when it is not on PATH
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
     # -fno-strict-aliasing: the kernels type-pun through vector types (a uint4 load read back
     # as T elements), which nvcc compiles as written and an optimising g++ otherwise may not.
     build = ROOT / "build" / "emu"
