@@ -529,9 +529,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage
   at::Tensor y = at::empty_like(x);
   at::Tensor gx = at::empty_like(x);  // every element written by the grad_x kernel
   // gx and the depthwise weight/bias partials over pixel chunks (pixel kernel: chunks of
-  // chunk_x flattened pixels; band kernel: one chunk per row band), summed below.
-  const int chunk_x = 256 * 16;
-  const int nchunk_x = (P + chunk_x - 1) / chunk_x;
+  // kGradXChunk flattened pixels; band kernel: one chunk per row band), summed below.
+  const int nchunk_x = (P + kGradXChunk - 1) / kGradXChunk;
   at::Tensor part_dw;
 
   dispatch_dtype(x.scalar_type(), "hdc_stage_backward", [&](auto tag) {
@@ -559,7 +558,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage
     } else {
       hdc_grad_x_kernel<T><<<g3, 256, 0, stream>>>(cptr<T>(gy), cptr<T>(x), cptr<T>(dw_w),
                                                    mptr<T>(gx), part_dw.data_ptr<float>(), Cin,
-                                                   H, W, d, chunk_x);
+                                                   H, W, d, kGradXChunk);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

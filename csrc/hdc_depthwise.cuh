@@ -42,6 +42,18 @@ __device__ __forceinline__ float dw_value(const T* __restrict__ xp, int p, unsig
   return s;
 }
 
+// w[0..8] = the 9 depthwise taps of channel c as float, w[9] = its bias (0 without one).
+template <typename T>
+__device__ __forceinline__ void load_taps(float (&w)[10], const T* __restrict__ dw_w,
+                                          const T* __restrict__ dw_b, int c) {
+#pragma unroll
+  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[c * 9 + t]);
+  w[9] = dw_b != nullptr ? to_float(dw_b[c]) : 0.f;
+}
+
+// Pixels per CTA of hdc_grad_x_kernel (grid.x = ceil(H W / kGradXChunk)).
+constexpr int kGradXChunk = 256 * 16;
+
 // y[b, c, p] = dw_b[c] + sum_t dw_w[c, t] x[b, c, p + off_t], stored in T (the value the forward
 // fed its tensor cores), for the pointwise-weight gradient. grid = (ceil(P / 256), C, B).
 template <typename T>
@@ -53,9 +65,7 @@ __global__ void __launch_bounds__(256)
   const int c = static_cast<int>(blockIdx.y);
   if (p >= P) return;
   float w[10];
-#pragma unroll
-  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[c * 9 + t]);
-  w[9] = dw_b != nullptr ? to_float(dw_b[c]) : 0.f;
+  load_taps(w, dw_w, dw_b, c);
   const int64_t plane = (static_cast<int64_t>(blockIdx.z) * C + c) * P;
   y[plane + p] = from_float<T>(dw_value(x + plane, p, tap_mask(p / W, p % W, H, W, d), w, W, d));
 }
@@ -97,9 +107,8 @@ __global__ void __launch_bounds__(256)
   const T* gyp = gy + plane;
   const T* xp = x + plane;
   T* gxp = gx + plane;
-  float w[9];
-#pragma unroll
-  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[ci * 9 + t]);
+  float w[10];  // taps only (w[9] = 0)
+  load_taps(w, dw_w, static_cast<const T*>(nullptr), ci);
   float acc[10];
 #pragma unroll
   for (int t = 0; t < 10; ++t) acc[t] = 0.f;
@@ -211,9 +220,7 @@ __global__ void __launch_bounds__(kBandThreads)
   const int64_t plane = (static_cast<int64_t>(blockIdx.z) * C + c) * H * W;
   band_stage(band_sm, x + plane, h0, Rb + 2 * d, H, W, d, L, SW, vec);
   float w[10];
-#pragma unroll
-  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[c * 9 + t]);
-  w[9] = dw_b != nullptr ? to_float(dw_b[c]) : 0.f;
+  load_taps(w, dw_w, dw_b, c);
   __syncthreads();  // stage complete
   T* yb = y + plane + static_cast<int64_t>(h0) * W;
   for (BandWalk it(static_cast<int>(threadIdx.x), W); it.r < Rb; it.next(W)) {
@@ -249,9 +256,8 @@ __global__ void __launch_bounds__(kBandThreads)
   float* gs = band_sm + (R + 2 * d) * SW;
   band_stage(xs, x + plane, h0, Rb + 2 * d, H, W, d, L, SW, vec);
   band_stage(gs, gy + plane, h0, Rb + 2 * d, H, W, d, L, SW, vec);
-  float w[9];
-#pragma unroll
-  for (int t = 0; t < 9; ++t) w[t] = to_float(dw_w[ci * 9 + t]);
+  float w[10];  // taps only (w[9] = 0)
+  load_taps(w, dw_w, static_cast<const T*>(nullptr), ci);
   float acc[10];
 #pragma unroll
   for (int t = 0; t < 10; ++t) acc[t] = 0.f;

@@ -1,7 +1,7 @@
 // Entry points hdc_dw / hdc_grad_x of the emulator module (module.cpp): the depthwise kernels of
 // csrc/hdc_depthwise.cuh (pixel and band variants) run on the CPU through cuda_emu.h /
-// convert_emu.h, with the launch geometry of hdc_conv.cu's backward (pixel chunks of 4096
-// pixels; band_geometry with an H100's 48 KB default and 227 KB opt-in shared memory).
+// convert_emu.h, with the launch geometry of hdc_conv.cu's backward (pixel chunks of
+// kGradXChunk pixels; band_geometry with an H100's default and opt-in shared memory).
 #include <torch/extension.h>
 
 // clang-format off
@@ -15,9 +15,6 @@
 
 namespace {
 
-constexpr int64_t kDefaultSmem = 48 * 1024;
-constexpr int64_t kOptinSmem = 232448;
-constexpr int kChunk = 256 * 16;  // pixels per CTA of hdc_grad_x_kernel (hdc_conv.cu)
 
 template <typename F>
 void dispatch(at::ScalarType st, F&& f) {
@@ -44,7 +41,7 @@ T* mp(const at::Tensor& t) {
 // The shared-memory plan of a band kernel staging nbuf planes (static shared bytes `stat`);
 // R == 0: no band fits, hdc_conv.cu then runs the pixel kernel.
 mtlkit::BandPlan plan(int H, int W, int d, int nbuf, int64_t stat) {
-  return mtlkit::band_geometry(H, W, d, nbuf, kDefaultSmem - stat, kOptinSmem - stat);
+  return mtlkit::band_geometry(H, W, d, nbuf, emu::kDefaultSmem - stat, emu::kOptinSmem - stat);
 }
 
 bool vec_ok(const at::Tensor& t, int W) {
@@ -118,12 +115,12 @@ std::tuple<at::Tensor, at::Tensor> hdc_grad_x(const at::Tensor& gy, const at::Te
                                           vec);
       };
     } else {
-      const int nchunk = (H * W + kChunk - 1) / kChunk;
+      const int nchunk = (H * W + mtlkit::kGradXChunk - 1) / mtlkit::kGradXChunk;
       part = at::empty({int64_t{B} * nchunk, C, 10}, x.options().dtype(at::kFloat));
       grid = dim3(nchunk, C, B);
       body = [=, &gy, &x, &dw_w, &gx, &part] {
         mtlkit::hdc_grad_x_kernel<T>(cp<T>(gy), cp<T>(x), cp<T>(dw_w), mp<T>(gx),
-                                     part.data_ptr<float>(), C, H, W, d, kChunk);
+                                     part.data_ptr<float>(), C, H, W, d, mtlkit::kGradXChunk);
       };
     }
     emu::launch(grid, dim3(threads), smem, body, opt);
