@@ -26,8 +26,7 @@ bool device_ok(const AttnProblem& p) {
 }
 
 bool smem_fits(size_t bytes) {
-  const size_t static_bytes = 2 * sizeof(float) * kCols;
-  return bytes + static_bytes <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  return bytes + kBwdStaticSmem <= at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
 }
 
 template <typename Kernel>

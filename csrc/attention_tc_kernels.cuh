@@ -47,6 +47,9 @@ constexpr int kGT = kGroupCols / 8;  // n8 tiles of an output group
 
 enum Mode : int { kDq = 0, kDk = 1, kDv = 2 };
 
+// Static shared memory of the backward kernels (sL, sD), beside the dynamic tiles.
+constexpr size_t kBwdStaticSmem = 2 * sizeof(float) * kCols;
+
 // Max / sum over the 4 lanes of a quad (the lanes holding one accumulator row).
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));

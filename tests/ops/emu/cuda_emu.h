@@ -52,6 +52,9 @@ inline float2 make_float2(float x, float y) { return {x, y}; }
 namespace emu {
 
 constexpr int kWarp = 32;
+// Shared memory per CTA of an H100: the default limit and the opt-in maximum (bytes).
+constexpr int64_t kDefaultSmem = 48 * 1024;
+constexpr int64_t kOptinSmem = 232448;
 constexpr size_t kStackBytes = 256 * 1024;
 
 // What one lane hands to, and receives from, a warp-collective instruction.

@@ -61,7 +61,7 @@ AttnProblem make_problem(const Operand& q, const Operand& k, const Operand& v, c
 
 // The dynamic shared memory of an H100 (227 KB opt-in) less the kernels' static arrays.
 void check_smem(size_t bytes) {
-  TORCH_CHECK(bytes + 2 * sizeof(float) * mtlkit::kCols <= 232448,
+  TORCH_CHECK(static_cast<int64_t>(bytes + mtlkit::kBwdStaticSmem) <= emu::kOptinSmem,
               "tiles need more shared memory than an H100 has: ", bytes);
 }
 
