@@ -16,11 +16,9 @@ normalises each rank's 2 samples separately. torch's SyncBatchNorm has no CPU ke
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,10 @@ import torch
 from torch import nn
 
 from mtlkit.config import RunConfig
+
+# single_thread: compute like the DDP ranks (torchrun sets OMP_NUM_THREADS=1); BatchNorm over 2
+# tiny maps amplifies the rounding differences of other thread counts to ~1e-4 within a few steps.
+from tests.models._arch_helpers import single_thread
 
 SIZE = (32, 40)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -77,18 +79,6 @@ def _bn_free_create() -> Any:
 
     original = mtlkit.models.create_model
     return lambda *a, **kw: _strip_bn(original(*a, **kw))
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Compute like the DDP ranks (torchrun sets OMP_NUM_THREADS=1): BatchNorm over 2 tiny maps
-    amplifies the rounding differences of other thread counts to ~1e-4 within a few steps."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _free_port() -> int:
@@ -146,7 +136,7 @@ def test_ddp_two_ranks_equal_one_process_with_the_global_batch(
     mp.spawn(_worker, args=(2, _free_port(), ddp_cfg.to_dict(), True, str(tmp_path)), nprocs=2)
 
     monkeypatch.setattr("mtlkit.models.create_model", _bn_free_create())
-    with _one_thread():
+    with single_thread():
         train(_cfg(h5, tmp_path / "one", 4, batch_size=4, weighting="uncertainty"),
               progress=False)
 
@@ -205,7 +195,7 @@ def test_cli_nproc_equals_accumulation_and_reduces_metrics(
     cfg = load_config(ddp_run / "config.yaml")
     assert cfg.train.batch_size == 2 and cfg.train.accum == 1
     cfg.train.accum, cfg.train.out = 2, str(tmp_path / "accum")
-    with _one_thread():
+    with single_thread():
         train(cfg, progress=False)
 
     ddp = torch.load(ddp_run / "last.pt", weights_only=False)
@@ -221,7 +211,7 @@ def test_cli_nproc_equals_accumulation_and_reduces_metrics(
 
     # metrics: 2 ranks x 4 val images, accumulators merged == one process on all 8 images
     report = json.loads((ddp_run / "report.json").read_text())
-    with _one_thread():
+    with single_thread():
         single = evaluate_checkpoint(str(ddp_run / "last.pt"), batch_size=2,
                                      out_dir=str(tmp_path / "eval"), progress=False)
     assert set(report["metrics"]) == {"semseg", "depth", "normals"}

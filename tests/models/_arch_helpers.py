@@ -62,11 +62,11 @@ def build_preset(arch: str, path: Path) -> tuple[Any, torch.nn.Module]:
 
 
 # ----------------------------------------------------------------------------- short training
-def check_short_run_lowers_loss(arch: str, tiny_h5: Path) -> None:
+def check_short_run_lowers_loss(arch: str, tiny_h5: Path, **model_kw: Any) -> dict:
     """30 Adam steps on 4 synthetic NYUD-like samples through the trainer's loss (per-task
     ``compute_losses`` with the arch's aux weight, plus its ``extra_losses``): finite losses, the
     last three averaging below 70% of the first three, and the trained model still predicts
-    full-size maps."""
+    full-size maps. ``model_kw`` go to ``create_model``; returns the trained model's output."""
     from mtlkit.data import build_dataset, collate
     from mtlkit.engine.trainer import compute_losses
 
@@ -75,7 +75,7 @@ def check_short_run_lowers_loss(arch: str, tiny_h5: Path) -> None:
     ds = build_dataset("synthetic-nyud", path=tiny_h5, split="train", tasks=tasks, size=(64, 80))
     batch = collate([ds[i] for i in range(4)])
     specs = {t: get_task(t, ds.num_classes.get(t)) for t in tasks}
-    model = create_model(arch, {t: s.out_channels for t, s in specs.items()}, "tiny")
+    model = create_model(arch, {t: s.out_channels for t, s in specs.items()}, "tiny", **model_kw)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     history = []
     for _ in range(30):
@@ -93,6 +93,7 @@ def check_short_run_lowers_loss(arch: str, tiny_h5: Path) -> None:
     with torch.no_grad():
         out = model(batch["image"])
     assert out["final"]["semseg"].shape == (4, ds.num_classes["semseg"], 64, 80)
+    return out
 
 
 # ----------------------------------------------------------------------------- PAD-Net / TPIM

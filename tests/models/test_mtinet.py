@@ -17,7 +17,11 @@ from mtlkit.errors import ConfigError
 from mtlkit.models import create_model
 from mtlkit.models.mtinet import FeaturePropagation, MTINet
 from mtlkit.registry import ARCHS
-from tests.models._arch_helpers import config_presets, single_thread
+from tests.models._arch_helpers import (
+    check_short_run_lowers_loss,
+    config_presets,
+    single_thread,
+)
 
 TASK_SETS = {
     "nyud": ({"semseg": 40, "depth": 1, "normals": 3, "edge": 1}, None),
@@ -114,27 +118,7 @@ def test_presets(path: Path) -> None:
 
 
 def test_training_lowers_loss_with_aux_tasks(tiny_h5: Path) -> None:
-    from mtlkit.data import build_dataset, collate
-    from mtlkit.engine.trainer import compute_losses
-    from mtlkit.tasks import get_task
-
-    torch.manual_seed(0)
-    tasks = ["semseg", "depth", "normals", "edge"]
-    ds = build_dataset("synthetic-nyud", path=tiny_h5, split="train", tasks=tasks, size=(64, 80))
-    batch = collate([ds[i] for i in range(4)])
-    specs = {t: get_task(t, ds.num_classes.get(t)) for t in tasks}
-    model = create_model("mtinet", {t: s.out_channels for t, s in specs.items()},
-                         aux_tasks=["normals", "edge"])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    history = []
-    for _ in range(30):
-        out = model(batch["image"])
-        assert set(out["final"]) == {"semseg", "depth"}
-        losses = compute_losses(out, batch, specs, model.aux_weight)
-        loss = sum(specs[t].weight * v for t, v in losses.items())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-    assert all(math.isfinite(x) for x in history)
-    assert sum(history[-3:]) < 0.7 * sum(history[:3]), history
+    """Normals and edge as auxiliary (intermediate-only) tasks: training still lowers the loss
+    and the final outputs are the two main tasks."""
+    out = check_short_run_lowers_loss("mtinet", tiny_h5, aux_tasks=["normals", "edge"])
+    assert set(out["final"]) == {"semseg", "depth"}
