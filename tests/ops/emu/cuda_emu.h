@@ -103,7 +103,6 @@ inline Cta* cta = nullptr;
 inline bool copies_land_early = false;
 
 inline int tid() { return cta->cur; }
-inline int lane_id() { return tid() % kWarp; }
 
 // Give the OS thread back to the scheduler; returns when this fiber is resumed.
 inline void yield() { swapcontext(&cta->fibers[cta->cur].ctx, &cta->sched); }
@@ -288,7 +287,6 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
 
 inline float __expf(float x) { return std::exp(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
 
 // One CTA runs at a time, so a read-modify-write is atomic.
 inline float atomicAdd(float* address, float v) {
