@@ -11,15 +11,19 @@ step passes the same ``step``). State: learnable tensors live in ``state_dict`` 
 optimiser updates them), histories in :meth:`Weighting.extra_state`;
 :meth:`Weighting.checkpoint_state` holds both, so a resumed run continues exactly.
 
-- ``fixed``: ``sum_t w_t L_t`` with the field's fixed weights (SPEC: semseg 1, parts 2,
-  saliency 5, edge 50, normals 10, depth 1), optionally overridden per task.
+- ``fixed``: ``sum_t w_t L_t`` with the base weights.
 - ``uncertainty``: homoscedastic uncertainty (Kendall et al., CVPR 2018, eq. 7 and 10).
 - ``dwa``: Dynamic Weight Average (Liu et al., CVPR 2019, eq. 1).
 - ``gradnorm``: GradNorm (Chen et al., ICML 2018, eq. 1-2, alpha 1.5).
-- ``lps``: Loss Prioritization Scheme of MT-CP (papers/003, eq. 3-7, kappa 2.5, H = 3).
+- ``lps``: Loss Prioritization Scheme of MT-CP (papers/003, eq. 3-7, kappa 2.5, H = 3), on top
+  of the base weights.
 
-The dynamic weightings act on the raw task losses, as in their papers; ``base_scale=True``
-multiplies every loss by its fixed SPEC weight first (``L_t <- w_t^fixed L_t``).
+Base weights ``w_t``: the field's fixed weights (SPEC: semseg 1, parts 2, saliency 5, edge 50,
+normals 10, depth 1), overridden per task by the config's ``loss_weights``
+(:func:`build_weighting` merges them). ``fixed`` and ``lps`` always apply them. The other dynamic
+weightings act on the raw task losses, as in their papers, unless ``base_scale=True``
+(``L_t <- w_t L_t`` first); since they would then ignore the config's ``loss_weights``,
+:func:`build_weighting` refuses that combination with a ConfigError naming both ways out.
 
 Distributed runs: recorded losses (``dwa``, ``lps``, ``gradnorm``'s initial losses) are averaged
 over the ranks with an all-reduce, so every rank holds the same state and weights;
@@ -43,7 +47,11 @@ Params = list[nn.Parameter] | None
 
 
 class Weighting(nn.Module):
-    """Base class. ``tasks`` is the ordered task list; ``base_weights`` the fixed weights."""
+    """Base class. ``tasks`` is the ordered task list; ``base_weights`` the base weights."""
+
+    #: whether ``combine`` multiplies each task's loss by its base weight (if not, a config's
+    #: ``loss_weights`` would have no effect and :func:`build_weighting` rejects them)
+    uses_base_weights: bool = True
 
     def __init__(self, tasks: list[str], base_weights: dict[str, float], **kwargs: Any) -> None:
         super().__init__()
@@ -84,10 +92,19 @@ class FixedWeighting(Weighting):
     def combine(
         self, losses: dict[str, Tensor], *, step: int, shared_params: Params = None
     ) -> Tensor:
-        total = torch.zeros((), device=next(iter(losses.values())).device)
-        for t, loss in losses.items():
-            total = total + self.base_weights.get(t, 1.0) * loss
-        return total
+        return weighted_sum(losses, self.base_weights)
+
+
+def weighted_sum(losses: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """``sum_t weights[t] * losses[t]`` in the order of ``losses`` (missing weight: 1).
+
+    ``fixed`` and ``lps`` share it, so that ``lps`` with every multiplier 1 (its start-up period)
+    computes bit for bit the loss of ``fixed``.
+    """
+    total = torch.zeros((), device=next(iter(losses.values())).device)
+    for t, loss in losses.items():
+        total = total + weights.get(t, 1.0) * loss
+    return total
 
 
 # --------------------------------------------------------------------------- helpers
@@ -109,6 +126,10 @@ class _Dynamic(Weighting):
                  base_scale: bool = False) -> None:
         super().__init__(tasks, base_weights)
         self.base_scale = bool(base_scale)
+
+    @property
+    def uses_base_weights(self) -> bool:  # type: ignore[override]
+        return self.base_scale
 
     def _vector(self, losses: dict[str, Tensor]) -> Tensor:
         """Stack the losses in task order: ``(T,)`` (scaled by the fixed weights if asked)."""
@@ -346,26 +367,51 @@ class GradNormWeighting(_Dynamic):
 # --------------------------------------------------------------------------- LPS (MT-CP)
 @WEIGHTINGS.register("lps")
 class LPSWeighting(_PeriodicHistory):
-    """Loss Prioritization Scheme of MT-CP (papers/003 sec. 3.5, eq. 3-7).
+    """Loss Prioritization Scheme of MT-CP (papers/003 sec. 3.5, eq. 3-7), on the base weights.
 
-    Loss (eq. 3): ``L = sum_i log(1 + w_i) L_i``.
+    mtlkit follows the paper's equations and applies them on top of the field's loss scales:
+    task i's loss is ``b_i L_i`` (``b_i`` its base weight: the field's fixed weight or the
+    config's ``loss_weights``; never ignored) and the combined loss is
 
-    Weights, updated when a period closes (an epoch by default - "at each epoch n" - or every
-    ``period`` steps). With ``L_i^m`` the mean raw loss of task i over period m and
-    ``L^m = sum_i L_i^m``, after period n closes (history length ``history`` = H = 3):
+        ``L = sum_i b_i [log(1 + w_i) / log 2] L_i``                        (eq. 3, scaled)
 
+    The constant ``1 / log 2`` (common to every task and every step) makes the neutral LPS
+    weight ``w = 1`` (eq. 4: a task progressing at the pace of the total) give exactly the base
+    weight; the ratios between tasks are eq. 3's. ``weights()`` reports the effective weights
+    ``b_i log(1 + w_i) / log 2``.
+
+    Weights ``w_i``, updated when a period closes (an epoch by default - "at each epoch n" - or
+    every ``period`` steps). With ``L_i^m`` the mean of ``b_i L_i`` over period m and
+    ``L^m = sum_i L_i^m``, after period n closes (history length ``history`` = H = 3, Sec. 4.2):
+
+    - start-up: before H + 1 periods have completed, ``w_i = 1`` (every task at its base
+      weight); at 800 images and batch 8 that is the first 400 steps;
     - eq. 4: ``wtilde_i = prod_{k=1..H} (L_i^{n-k+1} / L_i^{n-k})
       / prod_{k=1..H} (L^{n-k+1} / L^{n-k})``. The paper prints ``L_i^{n-k+1}`` in the
       denominator's numerator; taken literally the fraction collapses to
       ``prod_k L^{n-k} / L_i^{n-k}`` and no longer measures progress, contradicting the text
       (``wtilde < 1``: the task's loss decreases faster than the total). We read it as the
-      total loss ``L^{n-k+1}``, i.e. the change of task i's share ``L_i / L`` over H periods.
+      total ``L^{n-k+1}``, i.e. the change of task i's share ``L_i / L`` over H periods (the
+      authors' code computes the same ratio of ratios, with H = 1);
     - eq. 5-6: ``mu = mean_i wtilde_i``, ``sigma_i = wtilde_i - mu``,
-      ``w_i = mu + kappa sigma_i`` (kappa 2.5), then clamped to ``w_i >= min_weight``
-      (default 0): eq. 3 assumes ``w >= 0`` ("log(1 + w) avoids negative weights for
-      w in [0, 1]"), but kappa > 1 can push a fast task below 0 (and ``w <= -1`` would make
-      the log undefined).
-    - before H + 1 periods have completed, ``w_i = 1`` (every task weighted ``log 2``).
+      ``w_i = mu + kappa sigma_i`` (kappa 2.5);
+    - floor: ``w_i >= min_weight`` (default 0.1, must be > 0). It guards eq. 3: the paper
+      assumes ``w >= 0`` ("log(1 + w) avoids negative weights"), but kappa > 1 in eq. 6 pushes
+      a task that progresses fast below 0 (``w <= -1`` would leave the log undefined), and
+      ``w = 0`` would give the task weight 0 for a whole period. With the floor every task
+      keeps at least ``log(1.1) / log 2 = 13.75 %`` of its base weight.
+
+    What the paper leaves open, and mtlkit's choice: the scale of the losses in eq. 3-4 (here the
+    field's scales ``b_i L_i``, so the total of eq. 4 is the loss the ``fixed`` weighting
+    minimises), the weights before H periods exist (here the base weights), the handling of
+    ``w <= 0`` (here the floor above), the period (here one epoch, the paper's "each epoch n").
+
+    The authors' released code (Klodivio355/MT-CP, ``main_CL_nyud.py`` / ``main_CL_pascal.py``,
+    ``losses/loss_schemes.py``) differs from the paper: H = 1 (one epoch's ratio of ratios,
+    after an epoch-0 weight of ``L / L_i``), spread 7.5 on NYUD and 1.6 on PASCAL instead of
+    kappa 2.5, no ``log(1 + w)``, no floor, raw (unscaled) losses, and its ``MultiTaskLoss``
+    overwrites the weighted total with the unweighted sum of the task losses, so the computed
+    weights never reach the gradient. mtlkit follows the paper (eq. 3-7, kappa 2.5, H = 3).
 
     Eq. 7 adds the intermediate (deep-supervision) losses unweighted; in mtlkit the trainer folds
     ``aux_weight`` x deep-supervision losses into ``L_i`` before weighting, so they share the
@@ -373,12 +419,17 @@ class LPSWeighting(_PeriodicHistory):
     """
 
     def __init__(self, tasks: list[str], base_weights: dict[str, float], *, kappa: float = 2.5,
-                 history: int = 3, period: int | None = None, min_weight: float = 0.0,
-                 base_scale: bool = False) -> None:
+                 history: int = 3, period: int | None = None,
+                 min_weight: float = 0.1) -> None:
         if int(history) < 1:
             raise ConfigError(f"lps history must be >= 1, got {history}")
+        if not float(min_weight) > 0:
+            raise ConfigError(
+                f"lps min_weight must be > 0, got {min_weight}",
+                "a weight w <= 0 gives log(1 + w) <= 0 in eq. 3; use e.g. the default 0.1",
+            )
         super().__init__(tasks, base_weights, period=period, keep=int(history) + 1,
-                         base_scale=base_scale)
+                         base_scale=True)
         self.kappa = float(kappa)
         self.h = int(history)
         self.min_weight = float(min_weight)
@@ -398,27 +449,53 @@ class LPSWeighting(_PeriodicHistory):
         mu = sum(wt) / len(wt)
         return [max(self.min_weight, mu + self.kappa * (x - mu)) for x in wt]
 
+    def multipliers(self) -> list[float]:
+        """``log(1 + w_i) / log 2`` per task: exactly 1 for ``w_i = 1`` (eq. 3, scaled)."""
+        return [math.log1p(x) / math.log1p(1.0) for x in self.w]
+
     def combine(
         self, losses: dict[str, Tensor], *, step: int, shared_params: Params = None
     ) -> Tensor:
-        vec = self._vector(losses)
+        vec = self._vector(losses)  # b_i L_i in task order, recorded for eq. 4
         self._advance(step)
         self._record(vec)
-        w = torch.tensor([math.log1p(x) for x in self.w], device=vec.device)
-        return (w * vec).sum()
+        return weighted_sum(losses, self.weights())
 
     def weights(self) -> dict[str, float]:
-        return {t: math.log1p(x) for t, x in zip(self.tasks, self.w, strict=True)}
+        return {t: self.base_weights[t] * m
+                for t, m in zip(self.tasks, self.multipliers(), strict=True)}
 
 
 def build_weighting(
-    name: str, tasks: list[str], base_weights: dict[str, float], **kwargs: Any
+    name: str, tasks: list[str], base_weights: dict[str, float], *,
+    loss_weights: dict[str, float] | None = None, **kwargs: Any
 ) -> Weighting:
-    """Instantiate a registered weighting by name."""
+    """Instantiate a registered weighting by name.
+
+    ``base_weights``: the field's fixed weight per task; ``loss_weights``: the config's
+    per-task overrides (merged over ``base_weights``). ConfigError when a loss weight is not a
+    finite number >= 0, or when the weighting would ignore the given ``loss_weights`` (a dynamic
+    weighting on raw losses, i.e. without ``base_scale: true``).
+    """
+    given = {t: v for t, v in (loss_weights or {}).items() if t in tasks}
+    for t, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < 0:
+            raise ConfigError(f"loss_weights: {t} = {v!r} is not a finite number >= 0",
+                              "give each task's loss weight as a number, e.g. edge: 50.0")
+    base = {**base_weights, **{t: float(v) for t, v in given.items()}}
     try:
-        return WEIGHTINGS.get(name)(tasks, base_weights, **kwargs)
+        weighting = WEIGHTINGS.get(name)(tasks, base, **kwargs)
     except TypeError as e:
         if "argument" not in str(e):
             raise
         raise ConfigError(f"bad weighting_kwargs for {name!r}: {e}",
                           "see the weighting's docstring in mtlkit/weighting.py") from e
+    if given and not weighting.uses_base_weights:
+        raise ConfigError(
+            f"weighting {name!r} acts on the raw task losses and would ignore loss_weights "
+            f"{given}",
+            "set weighting_kwargs: {base_scale: true} to scale the losses by them first, "
+            "or remove loss_weights from the config",
+        )
+    return weighting

@@ -219,7 +219,8 @@ class Trainer:
         wname = cfg.train.weighting or getattr(self.model, "default_weighting", "fixed")
         cfg.train.weighting = wname
         self.weighting: Weighting = build_weighting(
-            wname, list(self.specs), base, **cfg.train.weighting_kwargs
+            wname, list(self.specs), base, loss_weights=cfg.train.loss_weights,
+            **cfg.train.weighting_kwargs
         ).to(self.device)
         self.weighting.set_steps_per_epoch(
             EpochBatchSampler.batches_per_epoch(
