@@ -1,7 +1,10 @@
-"""Boundary detection scores: exact BSDS-style odsF, oisF, AP and the PR curve (issue 8).
+"""Boundary detection scores: exact BSDS/SEISM-style odsF, oisF, AP and the PR curve (issue 8).
 
-SPEC-data-eval.md ("Metrics", Edges); MTI-Net (paper 004, Sec. 4.1) reports odsF [30]. Maps are
-(H, W); for each threshold t of a sweep (default 99 thresholds 0.01 .. 0.99):
+SPEC-data-eval.md ("Metrics", Edges); MTI-Net (paper 004, Sec. 4.1) reports odsF [30]; the
+reference repos (MTL-PT, ATRC, MT-CP) score boundaries with SEISM (jponttuset/seism,
+``src/scripts/gather_measure.m``, ``general_ods.m``, ``general_ois.m``, ``general_ap.m``,
+``src/measures/eval_cont.m``), whose summaries mtlkit reproduces. Maps are (H, W); for each
+threshold t of a sweep (default 99 thresholds 0.01 .. 0.99):
 
 1. binarise the prediction (``pred >= t``) and thin it to one-pixel-wide boundaries; the ground
    truth is thinned once. Thinning is Guo & Hall's two-sub-iteration algorithm iterated to
@@ -14,25 +17,33 @@ SPEC-data-eval.md ("Metrics", Edges); MTI-Net (paper 004, Sec. 4.1) reports odsF
    never a nearest-neighbour or distance-transform shortcut (a distance transform only prunes
    pixels that have no candidate). Only the matching's *cardinality* enters precision and
    recall, and we compute the maximum cardinality exactly (Dinic max-flow on the sparse graph
-   of all candidate pairs, found by a vectorised offset search). BSDS solves a min-cost
-   assignment with a large outlier cost, whose matched count is this maximum cardinality in
-   practice; ``match_pixels(..., min_cost=True)`` gives a matching that is both of maximum
-   cardinality and of minimum total distance;
+   of all candidate pairs, found by a vectorised offset search). BSDS (and SEISM, which calls
+   the same ``correspondPixels``) solves a min-cost assignment with the approximate CSA solver
+   and a large outlier cost; ``match_pixels(..., min_cost=True)`` gives a matching that is both
+   of maximum cardinality and of minimum total distance. Expected difference: the exact
+   maximum finds 0.07-0.09 % more matches than CSA, so mtlkit's odsF is about +0.1 point above
+   the MATLAB code's on the same maps (deterministic, unlike CSA's tie-breaking);
 4. matched, predicted and ground-truth counts are summed over the split per threshold:
    P = matched / predicted, R = matched / ground truth, F = 2PR / (P + R) (0 when undefined).
 
 Reported (fractions in :func:`boundary_scores`, % in :class:`BoundaryF`):
 
-- ``odsF``: max over thresholds of the pooled F; ``odsT`` its threshold (lowest on ties). BSDS
-  additionally interpolates F between neighbouring thresholds; mtlkit takes the plain maximum
-  over the sweep (as issue 8 specifies).
-- ``oisF``: per image the threshold with the best F is chosen (on ties the highest one, so an
-  image without ground-truth boundaries contributes its sparsest prediction), the counts at
+- ``odsF``: max over thresholds of the pooled F; ``odsT`` its threshold (lowest on ties). As
+  SEISM's ``general_ods``, the plain maximum over the sweep (BSDS's own ``collect_eval_bdry``
+  additionally interpolates F between neighbouring thresholds).
+- ``oisF``: per image the threshold with the best F is chosen (on ties the *first*, i.e. the
+  lowest threshold, as SEISM's ``max(values, [], 2)``; an image without ground-truth
+  boundaries has F = 0 everywhere and so contributes its densest prediction), the counts at
   those thresholds are summed over the split and F is computed from the sums.
-- ``AP``: area under the piecewise-linear precision-recall curve (points of thresholds with at
-  least one predicted pixel, sorted by recall, the best precision kept per recall value), over
-  the recall range the sweep reaches. The BSDS code samples such an interpolated curve at
-  recall 0, 0.01, ..., 1 and sums (x 0.01), which differs by about 0.01 at most.
+- ``AP``: SEISM's ``general_ap``. One PR point per threshold from the pooled counts, with
+  SEISM's conventions where a ratio is undefined (no ground truth in the split: R 1, P 0;
+  nothing predicted: R 0, P 1); for a recall reached at several thresholds the point of the
+  first (lowest) threshold is kept (MATLAB's ``unique``, whose default is the first occurrence
+  since R2013a); precision is interpolated linearly (``interp1``, no monotone envelope) at the
+  recalls 0, 0.01, ..., 1 that lie within the range of the points, and those values are
+  *summed* and divided by 100 (not 101). Fewer than two distinct recalls give AP 0. Against
+  the area under the piecewise-linear curve this counts both end points half a step more
+  (up to +1 point) and spans down to recall 0 when a threshold predicts nothing.
 
 The tolerance uses the diagonal of the maps given: crop padded samples to their valid size
 (``BoundaryF.update(..., hw=meta["hw"])``) to use the original image diagonal.
@@ -492,23 +503,45 @@ def _f_measure(matched: np.ndarray, predicted: np.ndarray,
 
 
 def best_image_index(matched: np.ndarray, predicted: np.ndarray, n_gt: int) -> int:
-    """Per-image OIS threshold index: best F, the highest threshold on ties."""
+    """Per-image OIS threshold index: best F, the first (lowest) threshold on ties (SEISM)."""
     _, _, f = _f_measure(matched, predicted, np.full(len(matched), n_gt))
-    return int(len(f) - 1 - np.argmax(f[::-1]))
+    return int(np.argmax(f))
 
 
-def average_precision(precision: np.ndarray, recall: np.ndarray,
-                      predicted: np.ndarray) -> float:
-    """Area under the piecewise-linear PR curve over the recall range reached (see module doc)."""
-    ok = np.asarray(predicted) > 0
-    r, p = np.asarray(recall)[ok], np.asarray(precision)[ok]
-    if r.size < 2:
+#: SEISM's recall grid 0:0.01:1 for AP (as k / 100, so a recall of exactly k/100 is on it)
+AP_RECALL_GRID = np.arange(101) / 100.0
+
+
+def seism_pr_points(matched: np.ndarray, predicted: np.ndarray,
+                    n_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled (precision, recall) per threshold with SEISM's conventions (``gather_measure``).
+
+    No ground truth: R 1, P 0; ground truth but nothing predicted: R 0, P 1; else
+    P = matched / predicted, R = matched / n_gt. Arrays (T,).
+    """
+    m = np.asarray(matched, np.float64)
+    n_pred = np.broadcast_to(np.asarray(predicted, np.float64), m.shape)
+    n_gt = np.broadcast_to(np.asarray(n_gt, np.float64), m.shape)
+    no_gt, no_pred = n_gt == 0, (n_gt > 0) & (n_pred == 0)
+    p = np.divide(m, n_pred, out=np.zeros_like(m), where=n_pred > 0)
+    r = np.divide(m, n_gt, out=np.zeros_like(m), where=n_gt > 0)
+    p[no_gt], r[no_gt] = 0.0, 1.0
+    p[no_pred], r[no_pred] = 1.0, 0.0
+    return p, r
+
+
+def average_precision(matched: np.ndarray, predicted: np.ndarray, n_gt: np.ndarray) -> float:
+    """SEISM's ``general_ap`` (fraction) from pooled counts per threshold (module doc, ``AP``).
+
+    ``matched``, ``predicted``, ``n_gt``: (T,) counts in increasing threshold order.
+    """
+    p, r = seism_pr_points(matched, predicted, n_gt)
+    _, first = np.unique(r, return_index=True)  # sorted recalls, first threshold of each
+    if first.size < 2:
         return 0.0
-    order = np.lexsort((-p, r))  # by recall, best precision first within equal recall
-    r, p = r[order], p[order]
-    first = np.concatenate(([True], r[1:] != r[:-1]))
     r, p = r[first], p[first]
-    return float(np.sum((r[1:] - r[:-1]) * (p[1:] + p[:-1]) * 0.5))
+    grid = AP_RECALL_GRID[(AP_RECALL_GRID >= r[0]) & (AP_RECALL_GRID <= r[-1])]
+    return float(np.interp(grid, r, p).sum() / 100.0)
 
 
 def summarize(thresholds: np.ndarray, matched: np.ndarray, predicted: np.ndarray,
@@ -521,7 +554,7 @@ def summarize(thresholds: np.ndarray, matched: np.ndarray, predicted: np.ndarray
         "odsF": float(f[k]), "odsT": float(thresholds[k]),
         "odsP": float(p[k]), "odsR": float(r[k]),
         "oisF": float(f_ois[0]),
-        "AP": average_precision(p, r, predicted),
+        "AP": average_precision(matched, predicted, n_gt),
         "thresholds": np.asarray(thresholds, np.float64),
         "precision": p, "recall": r, "F": f,
     }

@@ -12,6 +12,8 @@ from skimage.morphology import thin as sk_thin
 
 from mtlkit.metrics import BoundaryF, boundary_scores, match_pixels, thin
 from mtlkit.metrics.boundary import (
+    average_precision,
+    best_image_index,
     default_thresholds,
     image_counts,
     max_matching,
@@ -206,10 +208,11 @@ def test_empty_prediction_and_empty_gt():
     assert sc["odsF"] == 0.0 and sc["oisF"] == 0.0 and sc["AP"] == 0.0
     sc = boundary_scores([vline(10, value=0.5)], [np.zeros(SIZE, bool)], max_dist=0.011)
     assert np.all(sc["matched"] == 0) and sc["predicted"][0] == 10 and sc["odsF"] == 0.0
-    # OIS picks the highest threshold on ties, where nothing is predicted
+    # no ground truth: F = 0 at every threshold and OIS takes the first (lowest) threshold, as
+    # SEISM's max(values, [], 2): the image contributes its 10 predicted pixels
     acc = BoundaryF(max_dist=0.011)
     acc.update(torch.from_numpy(vline(10, value=0.5))[None, None], torch.zeros(1, 1, *SIZE))
-    assert acc.state["ois"].tolist() == [0, 0, 0]
+    assert acc.state["ois"].tolist() == [0, 10, 0]
     assert acc.compute()["odsF"] == 0.0
 
 
@@ -280,8 +283,9 @@ def test_ods_ois_ap_on_constructed_case():
     assert sc["odsF"] == pytest.approx(6 / 7) and sc["odsT"] == pytest.approx(0.8)
     # OIS: image 1 at 0.4 (10, 10, 10), image 2 at 0.8 (10, 10, 10) -> F 1
     assert sc["oisF"] == pytest.approx(1.0)
-    # PR points by recall, best precision per recall: (0.75, 1), (1, 0.5) -> trapezoid
-    assert sc["AP"] == pytest.approx(0.25 * (1.0 + 0.5) / 2)
+    # SEISM AP: recall 0.75 first reached at t 0.6 (P 0.6, not t 0.8's P 1), recall 1 at P 0.5;
+    # grid recalls 0.75, 0.76, ..., 1.00 (26 values, P linear 0.6 -> 0.5): sum 26 x 0.55 / 100
+    assert sc["AP"] == pytest.approx(26 * 0.55 / 100)
 
 
 def test_summarize_hand_counts():
@@ -291,8 +295,40 @@ def test_summarize_hand_counts():
     # P (.5, .75, 1), R (.8, .6, .2), F (.6154, .6667, .3333)
     assert out["odsF"] == pytest.approx(2 * 0.75 * 0.6 / 1.35) and out["odsT"] == 0.5
     assert out["oisF"] == pytest.approx(2 * (7 / 8) * 0.7 / (7 / 8 + 0.7))
-    # (0.2, 1) - (0.6, .75) - (0.8, .5)
-    assert out["AP"] == pytest.approx(0.4 * 1.75 / 2 + 0.2 * 1.25 / 2)
+    # SEISM AP, points (0.2, 1) - (0.6, .75) - (0.8, .5), grid 0.20 .. 0.80 (61 recalls):
+    # 0.20 .. 0.60: 41 values, P 1 -> .75, sum 41 x 0.875 = 35.875;
+    # 0.61 .. 0.80: 20 values, P .7375 -> .5, sum 20 x 0.61875 = 12.375; AP = 48.25 / 100
+    # (the trapezoid area would be 0.475: the grid sum adds half a step at both ends)
+    assert out["AP"] == pytest.approx(0.4825)
+
+
+def test_seism_ap_empty_thresholds_and_first_point():
+    thr = np.array([0.2, 0.5, 0.8])
+    # t 0.8 predicts nothing: SEISM's point (R 0, P 1); t 0.2 and 0.5 reach (0.8, 0.8), (0.4, 0.8)
+    # grid 0.00 .. 0.40: 41 values, P 1 -> 0.8, sum 36.9; 0.41 .. 0.80: 40 values of 0.8, 32
+    out = summarize(thr, np.array([8, 4, 0]), np.array([10, 5, 0]), np.array([10, 10, 10]),
+                    np.array([8, 10, 10]))
+    assert out["AP"] == pytest.approx((36.9 + 32.0) / 100)
+    assert average_precision(np.array([8, 4, 0]), np.array([10, 5, 0]), 10) == out["AP"]
+    # a recall reached at two thresholds keeps the first (lowest) one's precision: points
+    # (R 1, P 0.25) at t 0.2, (0.5, 0.5) at t 0.5, (0.5, 1) at t 0.8 -> (0.5, 0.5), (1, 0.25);
+    # grid 0.50 .. 1.00: 51 values, P 0.5 -> 0.25
+    ap = average_precision(np.array([4, 2, 2]), np.array([16, 4, 2]), np.array([4, 4, 4]))
+    assert ap == pytest.approx(51 * 0.375 / 100)
+    # one distinct recall (nothing predicted anywhere, or no ground truth): AP 0
+    assert average_precision(np.zeros(3), np.zeros(3), np.full(3, 5)) == 0.0
+    assert average_precision(np.zeros(3), np.array([3, 2, 0]), np.zeros(3)) == 0.0
+    # a perfect detector over the whole grid sums 101 values of 1: AP 1.01, as SEISM
+    assert average_precision(np.array([5, 0]), np.array([5, 0]), np.array([5, 5])) \
+        == pytest.approx(1.01)
+
+
+def test_ois_takes_the_first_best_threshold():
+    # identical maps at the first two thresholds, F (1/2, 1/2, 0): the first best is index 0
+    # (the highest would be 1)
+    assert best_image_index(np.array([1, 1, 0]), np.array([2, 2, 0]), 2) == 0
+    # no ground truth: F 0 everywhere -> index 0, the densest prediction
+    assert best_image_index(np.zeros(3, np.int64), np.array([7, 3, 0]), 0) == 0
 
 
 # --------------------------------------------------------------------------------- accumulator
