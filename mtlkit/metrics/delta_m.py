@@ -6,6 +6,11 @@ with l_i = 1 when a lower value of task i's measure is better (depth rmse, norma
 and 0 otherwise (the same quantity is BFCI's Delta_MTL, paper 000 eq. 8-9). Each task uses its
 main measure (``MAIN_METRICS``); the single-task references are read from reports, never
 hard-coded (SPEC-data-eval.md).
+
+Saliency has two main measures in the literature: MTI-Net's paper (Sec. 4.1) and its authors'
+code (MTL-PT ``evaluate_utils.calculate_multi_task_performance``) use saliency mIoU; ATRC,
+InvPT and the later papers (BFCI, TIF) use maxF. ``MAIN_METRICS`` holds maxF (the default);
+:func:`main_metrics` gives the table for either choice.
 """
 
 from __future__ import annotations
@@ -31,7 +36,21 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "saliency": True,
 }
 
+#: the saliency measures delta_m can use: maxF (ATRC / InvPT) or mIoU (MTI-Net / MTL-PT)
+SALIENCY_METRICS: tuple[str, ...] = ("maxF", "mIoU")
+
 Metrics = Mapping[str, Mapping[str, float]]
+
+
+def main_metrics(saliency_metric: str = "maxF") -> dict[str, str]:
+    """``MAIN_METRICS`` with saliency scored by ``saliency_metric`` (``maxF`` or ``mIoU``).
+
+    ConfigError for any other name. Both are higher-is-better (``HIGHER_IS_BETTER`` holds).
+    """
+    if saliency_metric not in SALIENCY_METRICS:
+        raise ConfigError(f"unknown saliency metric {saliency_metric!r} for delta_m",
+                          f"choose from: {', '.join(SALIENCY_METRICS)}")
+    return {**MAIN_METRICS, "saliency": saliency_metric}
 
 
 def delta_per_task(

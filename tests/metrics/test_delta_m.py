@@ -44,3 +44,21 @@ def test_custom_metric_and_errors():
         delta_m(mt, {"depth": {"rmse": 0.0}})
     with pytest.raises(ConfigError):
         delta_m({}, st)
+
+
+def test_saliency_metric_choice():
+    from mtlkit.metrics import SALIENCY_METRICS, main_metrics
+
+    assert SALIENCY_METRICS == ("maxF", "mIoU")
+    assert main_metrics() == MAIN_METRICS and MAIN_METRICS["saliency"] == "maxF"
+    miou = main_metrics("mIoU")
+    assert miou == {**MAIN_METRICS, "saliency": "mIoU"} and MAIN_METRICS["saliency"] == "maxF"
+    st = {"saliency": {"maxF": 80.0, "mIoU": 60.0}}
+    mt = {"saliency": {"maxF": 84.0, "mIoU": 57.0}}
+    # maxF (ATRC / InvPT): +5 %; mIoU (MTI-Net / MTL-PT): -5 %
+    assert delta_m(mt, st) == pytest.approx(5.0)
+    assert delta_m(mt, st, main_metrics=miou) == pytest.approx(-5.0)
+    assert delta_m(mt, st, main_metrics={**MAIN_METRICS, "saliency": "mIoU"}) == pytest.approx(-5.0)
+    for bad in ("maxf", "miou", "F", ""):
+        with pytest.raises(ConfigError, match="saliency metric"):
+            main_metrics(bad)
