@@ -19,6 +19,8 @@ def compare(
     markdown: Annotated[
         str | None, typer.Option(help="write the markdown table to this file, not stdout")
     ] = None,
+    saliency_metric: Annotated[str, typer.Option(
+        help="saliency's main metric: maxF (ATRC/InvPT) or mIoU (MTI-Net)")] = "maxF",
 ) -> None:
     """One table of runs x main metrics, with delta_m (%) against --single-task runs.
 
@@ -30,7 +32,7 @@ def compare(
     from mtlkit.utils import atomic_write_text
 
     refs = [r for item in (single_task or []) for r in (parse_list(item) or [])]
-    cmp = compare_runs(runs, refs)
+    cmp = compare_runs(runs, refs, saliency_metric=saliency_metric)
     console.print(comparison_table(cmp))
     md = comparison_markdown(cmp)
     if markdown:

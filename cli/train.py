@@ -69,6 +69,8 @@ def train(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     single_task: Annotated[list[str] | None, typer.Option(
         help="single-task run dir (repeat per task): report.json gets delta_m")] = None,
+    saliency_metric: Annotated[str, typer.Option(
+        help="saliency metric of delta_m: maxF (ATRC/InvPT) or mIoU (MTI-Net)")] = "maxF",
 ) -> None:
     """Train a model (defaults: the main demo job, TPIM on synthetic-nyud on CPU)."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -76,6 +78,9 @@ def train(
     from mtlkit.config import RunConfig, load_config
     from mtlkit.engine.report import metrics_table
     from mtlkit.engine.trainer import train as run_train
+    from mtlkit.metrics.delta_m import main_metrics
+
+    main_metrics(saliency_metric)  # a bad name fails before anything is read or written
 
     if resume and config is None and out is not None and (Path(out) / "config.yaml").is_file():
         config = Path(out) / "config.yaml"
@@ -97,15 +102,15 @@ def train(
     if cfg.train.amp and main and not _cuda_used():
         console.print("note: --amp (bf16 autocast) applies on CUDA only; training in float32")
     report = run_train(cfg, resume=resume, progress=not quiet, console=console,
-                       single_task=single_task)
+                       single_task=single_task, saliency_metric=saliency_metric)
     if not main:
         return
     console.print(metrics_table(report["metrics"], title=(
         f"{report['arch']} on {report['dataset']} after {report['steps']} steps "
         f"({report['params'] / 1e6:.2f} M params, {report['images_per_s']:.1f} img/s)")))
     if "delta_m" in report:
-        console.print(f"delta_m vs single-task runs ({', '.join(report['delta_m_tasks'])}): "
-                      f"{report['delta_m']:+.2f} %")
+        used = ", ".join(f"{t} {m}" for t, m in report["delta_m_metrics"].items())
+        console.print(f"delta_m vs single-task runs ({used}): {report['delta_m']:+.2f} %")
     console.print(f"run directory: [bold]{cfg.train.out}[/]")
 
 

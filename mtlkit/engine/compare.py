@@ -10,6 +10,10 @@ delta_m (MTI-Net eq. 2, :func:`mtlkit.metrics.delta_m.delta_m`, in %) of a run i
 the tasks of the run for which a single-task reference is given (``single_task`` runs: each
 contributes the main metric of its one task); tasks without a reference, or whose main metric
 is missing in the run, are left out of delta_m, and the comparison's ``notes`` say so.
+
+Saliency's main metric is ``saliency_metric``: ``maxF`` (default; ATRC / InvPT) or ``mIoU``
+(MTI-Net / MTL-PT), see :func:`mtlkit.metrics.delta_m.main_metrics`; the column header and a
+note name the choice whenever saliency is compared.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from rich.table import Table
 
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.metrics.delta_m import MAIN_METRICS, delta_m
+from mtlkit.metrics.delta_m import MAIN_METRICS, delta_m, main_metrics
 
 #: Units of the main metrics, for the column headers.
 MAIN_UNITS: dict[str, str] = {
@@ -57,6 +61,8 @@ class Comparison:
     rows: list[ComparisonRow]
     has_delta: bool  # single-task references were given
     notes: list[str]
+    main_metrics: dict[str, str] = field(default_factory=lambda: dict(MAIN_METRICS))
+    saliency_metric: str = "maxF"  # saliency's main metric (maxF or mIoU)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -114,13 +120,19 @@ def load_run(run: str | Path) -> RunResult:
                      tasks=[str(t) for t in tasks], arch=data.get("arch"))
 
 
-def _main_value(metrics: dict[str, dict[str, Any]], task: str) -> float | None:
-    v = metrics.get(task, {}).get(MAIN_METRICS[task])
+def _main_value(metrics: dict[str, dict[str, Any]], task: str,
+                main: dict[str, str] | None = None) -> float | None:
+    v = metrics.get(task, {}).get((main or MAIN_METRICS)[task])
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def single_task_references(runs: list[RunResult]) -> dict[str, dict[str, float]]:
-    """``{task: {main metric: value}}`` from single-task runs (one task each)."""
+def single_task_references(runs: list[RunResult], main: dict[str, str] | None = None
+                           ) -> dict[str, dict[str, float]]:
+    """``{task: {main metric: value}}`` from single-task runs (one task each).
+
+    ``main``: the main metric per task (default ``MAIN_METRICS``; see ``main_metrics``).
+    """
+    main = main or MAIN_METRICS
     refs: dict[str, dict[str, float]] = {}
     owner: dict[str, str] = {}
     for r in runs:
@@ -134,41 +146,46 @@ def single_task_references(runs: list[RunResult]) -> dict[str, dict[str, float]]
             raise ConfigError(
                 f"two single-task references for {task!r}: {owner[task]!r} and {str(r.path)!r}",
                 "pass one single-task run per task")
-        value = _main_value(r.metrics, task)
+        value = _main_value(r.metrics, task, main)
         if value is None:
-            raise DataError(f"single-task run {str(r.path)!r} has no {task}.{MAIN_METRICS[task]}",
+            raise DataError(f"single-task run {str(r.path)!r} has no {task}.{main[task]}",
                             "evaluate it (mtlkit evaluate) before comparing")
-        refs[task] = {MAIN_METRICS[task]: value}
+        refs[task] = {main[task]: value}
         owner[task] = str(r.path)
     return refs
 
 
-def compare_runs(runs: list[str | Path], single_task: list[str | Path] | None = None
-                 ) -> Comparison:
-    """Read the runs and the single-task references and build the comparison."""
+def compare_runs(runs: list[str | Path], single_task: list[str | Path] | None = None,
+                 saliency_metric: str = "maxF") -> Comparison:
+    """Read the runs and the single-task references and build the comparison.
+
+    ``saliency_metric``: saliency's main metric, ``maxF`` or ``mIoU`` (ConfigError otherwise).
+    """
+    main = main_metrics(saliency_metric)
     if not runs:
         raise ConfigError("no runs to compare", "pass at least one run directory")
     results = [load_run(r) for r in runs]
     st_results = [load_run(r) for r in (single_task or [])]
-    refs = single_task_references(st_results)
+    refs = single_task_references(st_results, main)
     has_delta = bool(st_results)
-    present = {t for r in results + st_results for t in r.metrics if _main_value(r.metrics, t)
-               is not None}
+    present = {t for r in results + st_results for t in r.metrics
+               if t in main and _main_value(r.metrics, t, main) is not None}
     tasks = [t for t in MAIN_METRICS if t in present]
     notes: list[str] = []
     rows: list[ComparisonRow] = []
     for r in results:
-        values = {t: _main_value(r.metrics, t) for t in tasks}
+        values = {t: _main_value(r.metrics, t, main) for t in tasks}
         row = ComparisonRow(run=r, values=values)
         if has_delta:
             run_tasks = [t for t in r.tasks if t in MAIN_METRICS] or [
                 t for t in tasks if values[t] is not None]
             no_ref = [t for t in run_tasks if t not in refs]
-            no_val = [t for t in run_tasks if t in refs and _main_value(r.metrics, t) is None]
+            no_val = [t for t in run_tasks
+                      if t in refs and _main_value(r.metrics, t, main) is None]
             use = [t for t in run_tasks if t in refs and t not in no_val]
             if use:
-                mt = {t: {MAIN_METRICS[t]: _main_value(r.metrics, t)} for t in use}
-                row.delta_m = delta_m(mt, {t: refs[t] for t in use})
+                mt = {t: {main[t]: _main_value(r.metrics, t, main)} for t in use}
+                row.delta_m = delta_m(mt, {t: refs[t] for t in use}, main_metrics=main)
                 row.delta_tasks = use
             if no_ref:
                 notes.append(f"{r.name}: delta_m leaves out {', '.join(no_ref)} "
@@ -180,11 +197,21 @@ def compare_runs(runs: list[str | Path], single_task: list[str | Path] | None = 
                 notes.append(f"{r.name}: no task with a single-task reference, delta_m n/a")
         rows.append(row)
     for r in st_results:
-        rows.append(ComparisonRow(run=r, values={t: _main_value(r.metrics, t) for t in tasks},
-                                  reference=True))
+        rows.append(ComparisonRow(
+            run=r, values={t: _main_value(r.metrics, t, main) for t in tasks}, reference=True))
     if not has_delta:
         notes.append("no --single-task runs given: delta_m not computed")
-    return Comparison(tasks=tasks, rows=rows, has_delta=has_delta, notes=notes)
+    if "saliency" in tasks:
+        notes.append(saliency_note(saliency_metric))
+    return Comparison(tasks=tasks, rows=rows, has_delta=has_delta, notes=notes,
+                      main_metrics=main, saliency_metric=saliency_metric)
+
+
+def saliency_note(saliency_metric: str) -> str:
+    """One line naming saliency's main metric and whose convention it is."""
+    who = {"maxF": "ATRC / InvPT", "mIoU": "MTI-Net / MTL-PT"}[saliency_metric]
+    return (f"saliency scored by {saliency_metric} ({who}); choose with "
+            "--saliency-metric maxF|mIoU")
 
 
 def _fmt(v: float | None) -> str:
@@ -195,7 +222,7 @@ def _fmt(v: float | None) -> str:
 
 def _headers(cmp: Comparison) -> list[str]:
     heads = ["run", "arch"]
-    heads += [f"{t} {MAIN_METRICS[t]} ({MAIN_UNITS[t]})" for t in cmp.tasks]
+    heads += [f"{t} {cmp.main_metrics[t]} ({MAIN_UNITS[t]})" for t in cmp.tasks]
     if cmp.has_delta:
         heads.append("delta_m (%)")
     return heads

@@ -192,11 +192,14 @@ class Trainer:
 
     def __init__(
         self, cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None,
-        single_task: list[str] | None = None,
+        single_task: list[str] | None = None, saliency_metric: str = "maxF",
     ) -> None:
+        from mtlkit.metrics.delta_m import main_metrics
+
+        self.main_metrics = main_metrics(saliency_metric)  # delta_m's metric per task
         self.ctx = dist_utils.init()
         self.cfg = cfg
-        self.references = _single_task_references(single_task)
+        self.references = _single_task_references(single_task, self.main_metrics)
         self.out = Path(cfg.train.out)
         self.progress = progress and self.ctx.is_main
         self.console = console
@@ -502,17 +505,20 @@ class Trainer:
         if not use or not self.last_metrics:
             return {}
         value = delta_m({t: self.last_metrics[t] for t in use},
-                        {t: self.references[t] for t in use})
-        return {"delta_m": value, "delta_m_tasks": use}
+                        {t: self.references[t] for t in use}, main_metrics=self.main_metrics)
+        return {"delta_m": value, "delta_m_tasks": use,
+                "delta_m_metrics": {t: self.main_metrics[t] for t in use},
+                "saliency_metric": self.main_metrics["saliency"]}
 
 
-def _single_task_references(runs: list[str] | None) -> dict[str, dict[str, float]]:
+def _single_task_references(runs: list[str] | None, main: dict[str, str] | None = None
+                            ) -> dict[str, dict[str, float]]:
     """Main metrics of single-task runs (``--single-task RUN``), read before training starts."""
     if not runs:
         return {}
     from mtlkit.engine.compare import load_run, single_task_references
 
-    return single_task_references([load_run(r) for r in runs])
+    return single_task_references([load_run(r) for r in runs], main)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -540,14 +546,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def train(
     cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None,
-    single_task: list[str] | None = None,
+    single_task: list[str] | None = None, saliency_metric: str = "maxF",
 ) -> dict[str, Any]:
     """Train a model as configured; writes the run directory and returns ``report.json``'s dict.
 
-    ``single_task``: run directories of single-task models; the report then holds ``delta_m``.
+    ``single_task``: run directories of single-task models; the report then holds ``delta_m``
+    (with ``delta_m_metrics`` and ``saliency_metric``: saliency's main metric, ``maxF`` or
+    ``mIoU``, see :func:`mtlkit.metrics.delta_m.main_metrics`).
     """
     trainer = Trainer(cfg, resume=resume, progress=progress, console=console,
-                      single_task=single_task)
+                      single_task=single_task, saliency_metric=saliency_metric)
     try:
         return trainer.fit()
     finally:

@@ -141,3 +141,48 @@ def test_newer_val_eval_json_wins(runs: dict[str, Path]) -> None:
     ev.write_text(ev.read_text().replace('"train"', '"val"'))
     os.utime(ev, (t - 10, t - 10))
     assert load_run(run).source == run / "report.json"
+
+
+def test_saliency_metric_choice(tmp_path: Path) -> None:
+    mt = _report(tmp_path / "mt", ["semseg", "saliency"], {
+        "semseg": {"mIoU": 44.0}, "saliency": {"maxF": 84.0, "mIoU": 57.0}})
+    st = _report(tmp_path / "st", ["saliency"], {"saliency": {"maxF": 80.0, "mIoU": 60.0}},
+                 "single")
+    # default maxF (ATRC / InvPT): (84 - 80) / 80 = +5 %
+    cmp = compare_runs([mt], [st])
+    assert cmp.saliency_metric == "maxF" and cmp.rows[0].values["saliency"] == 84.0
+    assert cmp.rows[0].delta_m == pytest.approx(5.0)
+    md = comparison_markdown(cmp)
+    assert "saliency maxF (%)" in md.splitlines()[0]
+    assert any("saliency scored by maxF" in n for n in cmp.notes)
+    # mIoU (MTI-Net / MTL-PT): (57 - 60) / 60 = -5 %
+    cmp = compare_runs([mt], [st], saliency_metric="mIoU")
+    assert cmp.main_metrics["saliency"] == "mIoU" and cmp.rows[0].values["saliency"] == 57.0
+    assert cmp.rows[0].delta_m == pytest.approx(-5.0)
+    md = comparison_markdown(cmp)
+    assert "saliency mIoU (%)" in md.splitlines()[0]
+    assert "saliency scored by mIoU (MTI-Net / MTL-PT)" in md
+    # no saliency compared: no note about it
+    seg = _report(tmp_path / "seg", ["semseg"], {"semseg": {"mIoU": 44.0}})
+    assert not any("saliency" in n for n in compare_runs([seg]).notes)
+    with pytest.raises(ConfigError, match="saliency metric"):
+        compare_runs([mt], [st], saliency_metric="iou")
+    # a reference evaluated before mIoU existed: a clear error
+    old = _report(tmp_path / "old", ["saliency"], {"saliency": {"maxF": 80.0}}, "single")
+    with pytest.raises(DataError, match="no saliency.mIoU"):
+        compare_runs([mt], [old], saliency_metric="mIoU")
+
+
+def test_cli_compare_saliency_metric(tmp_path: Path) -> None:
+    mt = _report(tmp_path / "mt", ["saliency"], {"saliency": {"maxF": 84.0, "mIoU": 57.0}})
+    st = _report(tmp_path / "st", ["saliency"], {"saliency": {"maxF": 80.0, "mIoU": 60.0}},
+                 "single")
+    res = _run("compare", mt, "--single-task", st, "--saliency-metric", "mIoU")
+    assert res.exit_code == 0, res.output
+    assert "| mt | baseline | 57.00 | -5.00 |" in res.output
+    assert "saliency scored by mIoU" in res.output
+    res = _run("compare", mt, "--single-task", st)
+    assert "| mt | baseline | 84.00 | +5.00 |" in res.output
+    res = _run("compare", mt, "--single-task", st, "--saliency-metric", "F1")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "maxF, mIoU" in res.output
