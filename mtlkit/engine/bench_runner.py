@@ -20,8 +20,10 @@ Processes (:func:`execute`): ``--jobs K`` runs at most K subprocesses at once, e
 Each run's output goes to ``OUT/logs/<name>.log`` (appended; outside the run directory, so a
 log never makes a directory look like a started run). A failing run does not stop the others;
 :func:`execute` returns the failures and the caller reports them with their log paths. Every
-launch is appended to ``OUT/launches.jsonl`` (run, mode, threads, GPU, exit status, seconds),
-which the table uses to state how throughput was measured.
+launch is appended to ``OUT/launches.jsonl`` (run, mode, threads, GPU, jobs, exit status,
+seconds),
+which the table uses to state how throughput was measured (concurrent runs share the memory
+bandwidth and caches, so images/s measured with ``--jobs 2`` is lower than alone).
 """
 
 from __future__ import annotations
@@ -224,7 +226,7 @@ def execute(pending: list[tuple[RunSpec, str]], slots: list[Slot], out: Path, st
                 running.remove(r)
                 free.append(r.slot)
                 r.log.close()
-                outcomes.append(_finish(r, rc, out, steps, echo))
+                outcomes.append(_finish(r, rc, out, steps, len(slots), echo))
     except BaseException:
         for r in running:
             r.proc.terminate()
@@ -238,8 +240,8 @@ def execute(pending: list[tuple[RunSpec, str]], slots: list[Slot], out: Path, st
     return outcomes
 
 
-def _finish(r: _Running, rc: int, out: Path, steps: int, echo: Callable[[str], None]
-            ) -> Outcome:
+def _finish(r: _Running, rc: int, out: Path, steps: int, jobs: int,
+            echo: Callable[[str], None]) -> Outcome:
     seconds = time.perf_counter() - r.start
     log = out / LOGS / f"{r.run.name}.log"
     ok, reason = rc == 0, ""
@@ -248,7 +250,7 @@ def _finish(r: _Running, rc: int, out: Path, steps: int, echo: Callable[[str], N
     elif not ok:
         reason = f"exit status {rc}" + (f": {last_line(log)}" if last_line(log) else "")
     record = {"run": r.run.name, "mode": r.mode, "threads": r.slot.threads, "gpu": r.slot.gpu,
-              "returncode": rc, "ok": ok, "seconds": round(seconds, 3),
+              "jobs": jobs, "returncode": rc, "ok": ok, "seconds": round(seconds, 3),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with open(out / LAUNCHES, "a") as f:
         f.write(json.dumps(record) + "\n")

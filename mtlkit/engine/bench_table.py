@@ -231,6 +231,8 @@ def build_table(out: str | Path, saliency_metric: str | None = None) -> dict[str
                               "against the single-task runs of the same seed",
         "interval": f"mean +- t(0.975, n-1) * std / sqrt(n), n = {len(seeds)} seeds",
         "threads_per_run": sorted({int(x["threads"]) for x in launches if x.get("ok")}),
+        "runs_at_a_time": sorted({int(x["jobs"]) for x in launches if x.get("ok") and
+                                  x.get("jobs")}),
         "gpus": sorted({str(x["gpu"]) for x in launches if x.get("ok") and x.get("gpu")}),
         "rows": rows,
     }
@@ -353,17 +355,21 @@ def _notes(table: dict[str, Any]) -> list[str]:
 
 def _peak_text(table: dict[str, Any]) -> str:
     kinds = {row.get("peak_memory_kind") for row in table["rows"]} - {None}
-    texts = {"cpu_peak_rss": "peak resident set size of the training process (CPU)",
+    texts = {"cpu_peak_rss": "peak resident set size of the training process (CPU; it includes "
+                             "the interpreter and the libraries)",
              "cuda_max_allocated": "torch.cuda.max_memory_allocated of the training process"}
     return " / ".join(texts.get(k, k) for k in sorted(kinds)) or "not measured"
 
 
 def _threads_text(table: dict[str, Any]) -> str:
+    """How the runs were executed, from launches.jsonl."""
     threads, gpus = table.get("threads_per_run") or [], table.get("gpus") or []
+    jobs = table.get("runs_at_a_time") or []
+    at_once = f", {'/'.join(str(j) for j in jobs)} run(s) at a time" if jobs else ""
     if gpus:
-        return f" (one GPU per run; GPUs {', '.join(gpus)})"
+        return f" (one GPU per run; GPUs {', '.join(gpus)}{at_once})"
     if threads:
-        return f" ({'/'.join(str(t) for t in threads)} CPU thread(s) per run)"
+        return f" ({'/'.join(str(t) for t in threads)} CPU thread(s) per run{at_once})"
     return ""
 
 

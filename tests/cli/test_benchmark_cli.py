@@ -14,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from mtlkit.engine.bench_runner import cpu_count
 
 runner = CliRunner()
+JOBS = min(2, cpu_count())
 
 
 def _run(*args: object) -> object:
@@ -24,7 +26,7 @@ def _run(*args: object) -> object:
 
 def _bench_args(h5: Path, out: Path, **over: object) -> list[object]:
     opts = {"--archs": "baseline,tpim", "--seeds": "0,1", "--steps": 2, "--data": h5,
-            "--size": "64x80", "--tasks": "semseg,depth", "--batch-size": 4, "--jobs": 2,
+            "--size": "64x80", "--tasks": "semseg,depth", "--batch-size": 4, "--jobs": JOBS,
             "--out": out}
     opts.update(over)
     return ["benchmark", *[x for kv in opts.items() for x in kv]]
@@ -63,7 +65,9 @@ def test_benchmark_end_to_end(bench: Path) -> None:
     assert md.startswith("`mtlkit benchmark --archs baseline,tpim --seeds 0,1 --steps 2")
     assert (bench / "table.png").stat().st_size > 1000
     launches = [json.loads(x) for x in (bench / "launches.jsonl").read_text().splitlines()]
-    assert len(launches) == 8 and all(x["ok"] and x["threads"] >= 1 for x in launches)
+    assert len(launches) == 8 and all(x["ok"] and x["threads"] >= 1 and x["jobs"] == JOBS
+                                      for x in launches)
+    assert f"{JOBS} run(s) at a time" in md
 
 
 def test_rerun_after_a_kill_resumes_only_unfinished_runs(bench: Path, tiny_h5: Path,

@@ -256,7 +256,7 @@ def test_resume_runs_only_what_is_unfinished(tiny_h5: Path, tmp_path: Path) -> N
         ("baseline-s0", False), ("single-depth-s1", False), ("tpim-s1", True)]
     assert len(result.skipped) == 5 and not result.failures
     launches = [json.loads(x) for x in (out / "launches.jsonl").read_text().splitlines()]
-    assert len(launches) == 11 and launches[-1]["ok"]
+    assert len(launches) == 11 and launches[-1]["ok"] and launches[-1]["jobs"] == 1
     # everything finished: a third invocation launches nothing
     fake3 = FakeTrain()
     run_benchmark(_settings(tiny_h5), out, echo=lambda _: None, launcher=fake3)
