@@ -298,6 +298,9 @@ def test_another_benchmark_in_out_is_refused(tiny_h5: Path, tmp_path: Path) -> N
     (other / "x.txt").write_text("x")
     with pytest.raises(ConfigError, match="not a benchmark"):
         run_benchmark(_settings(tiny_h5), other, echo=lambda _: None, launcher=fake)
+    with pytest.raises(ConfigError, match="is a file"):
+        run_benchmark(_settings(tiny_h5), other / "x.txt", echo=lambda _: None, launcher=fake)
+    assert fake.calls == []
 
 
 def test_partial_dir_outside_runs_is_never_removed(tiny_h5: Path, tmp_path: Path) -> None:
