@@ -24,17 +24,40 @@ def compare(
 ) -> None:
     """One table of runs x main metrics, with delta_m (%) against --single-task runs.
 
-    Reads RUN/report.json, or RUN/eval.json when it is newer and on the val split.
+    Reads RUN/report.json, or RUN/eval.json when it is newer and on the val split. A benchmark
+    directory (mtlkit benchmark --out) prints its table (mean +- std over seeds, delta_m).
     """
     from pathlib import Path
 
-    from mtlkit.engine.compare import compare_runs, comparison_markdown, comparison_table
+    from mtlkit.engine.compare import (
+        benchmark_comparison,
+        compare_runs,
+        comparison_markdown,
+        comparison_table,
+    )
     from mtlkit.utils import atomic_write_text
 
     refs = [r for item in (single_task or []) for r in (parse_list(item) or [])]
+    bench_md = benchmark_comparison(runs, refs)  # a benchmark directory: its own table
+    if bench_md is not None:
+        _emit(bench_md, markdown)
+        return
     cmp = compare_runs(runs, refs, saliency_metric=saliency_metric)
     console.print(comparison_table(cmp))
     md = comparison_markdown(cmp)
+    if markdown:
+        atomic_write_text(Path(markdown), md)
+        console.print(f"wrote [bold]{markdown}[/]")
+    else:
+        typer.echo(md, nl=False)
+
+
+def _emit(md: str, markdown: str | None) -> None:
+    """Write the benchmark's markdown to ``markdown``, or print it."""
+    from pathlib import Path
+
+    from mtlkit.utils import atomic_write_text
+
     if markdown:
         atomic_write_text(Path(markdown), md)
         console.print(f"wrote [bold]{markdown}[/]")

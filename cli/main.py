@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import benchmark as _benchmark
 from cli import compare as _compare
 from cli import evaluate as _evaluate
 from cli import listing as _listing
@@ -25,6 +26,7 @@ app.command("predict")(_evaluate.predict)
 app.command("list")(_listing.list_)
 app.command("compare")(_compare.compare)
 app.command("plot")(_compare.plot)
+app.command("benchmark")(_benchmark.benchmark)
 
 try:  # the profiling command lives with the ops layer
     from cli import profile as _profile

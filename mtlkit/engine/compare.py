@@ -1,6 +1,8 @@
 """Compare runs: one table of runs x main metrics, with delta_m against single-task runs.
 
-Each run is a run directory (DESIGN.md, "Run directory") or a JSON file written by mtlkit.
+Each run is a run directory (DESIGN.md, "Run directory") or a JSON file written by mtlkit; a
+benchmark directory (``mtlkit benchmark --out``) is compared by its own table
+(:func:`benchmark_comparison`).
 Which file of a run directory is read: ``report.json`` (the final evaluation of ``mtlkit
 train``), unless ``eval.json`` (``mtlkit evaluate``) is newer *and* was computed on the ``val``
 split, in which case ``eval.json`` is read (it holds the full-protocol metrics of a later
@@ -264,3 +266,24 @@ def comparison_markdown(cmp: Comparison) -> str:
     if cmp.notes:
         text += "\n" + "\n".join(f"- {n}" for n in cmp.notes) + "\n"
     return text
+
+
+def benchmark_comparison(runs: list[str | Path], single_task: list[str | Path] | None = None
+                         ) -> str | None:
+    """The markdown table of a benchmark directory when ``runs`` is one; None for plain runs.
+
+    A benchmark holds its own single-task references and seeds, so it is compared alone:
+    mixing it with runs or ``--single-task`` references is a ConfigError.
+    """
+    from mtlkit.engine.bench_plan import is_benchmark_dir
+    from mtlkit.engine.bench_table import benchmark_markdown
+
+    bench = [r for r in runs if Path(r).is_dir() and is_benchmark_dir(r)]
+    if not bench:
+        return None
+    if len(runs) > 1 or single_task:
+        raise ConfigError(
+            f"{str(bench[0])!r} is a benchmark directory; it cannot be mixed with other runs "
+            "or --single-task references",
+            "compare it alone (it holds its own references), or pass its runs/<name> folders")
+    return benchmark_markdown(bench[0])

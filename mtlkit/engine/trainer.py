@@ -34,6 +34,7 @@ from mtlkit.engine.evaluator import (
     run_evaluation,
     to_device,
 )
+from mtlkit.engine.resources import ForwardTimer, peak_memory
 from mtlkit.engine.sampling import EpochBatchSampler, SeededDataset
 from mtlkit.errors import CheckpointError, ConfigError
 from mtlkit.tasks import TaskSpec, get_task
@@ -246,6 +247,7 @@ class Trainer:
         self.ref_metrics: dict[str, Any] | None = None
         self.last_metrics: dict[str, Any] | None = None
         self.images_per_s = 0.0
+        self.infer_images_per_s: float | None = None  # forwards of the latest evaluation
         if resume:
             self._load(self.out / "last.pt")
         elif self.ctx.is_main:
@@ -337,15 +339,18 @@ class Trainer:
             max_batches = math.ceil(max_batches / self.ctx.world)
         with torch.random.fork_rng(devices=[]):
             loader = make_eval_loader(shard, self.cfg.train.batch_size, self.cfg.data.num_workers)
-        metrics = run_evaluation(
-            self.model,
-            loader,
-            final_specs,
-            self.device,
-            amp=self.cfg.train.amp,
-            max_batches=max_batches,
-            fast=fast,
-        )
+        with ForwardTimer(self.model) as timer:
+            metrics = run_evaluation(
+                self.model,
+                loader,
+                final_specs,
+                self.device,
+                amp=self.cfg.train.amp,
+                max_batches=max_batches,
+                fast=fast,
+            )
+        rate = dist_utils.average_floats({"r": timer.images_per_s or 0.0}, self.ctx)["r"]
+        self.infer_images_per_s = rate * self.ctx.world or None  # summed over the processes
         metrics = dist_utils.reduce_metrics(metrics, self.ctx)
         return compute_metrics(metrics)
 
@@ -483,6 +488,7 @@ class Trainer:
     def report(self) -> dict[str, Any]:
         from mtlkit.models.factory import count_params
 
+        peak_mib, peak_kind = peak_memory(self.device)
         return {
             "arch": self.cfg.model.arch,
             "backbone": self.cfg.model.backbone,
@@ -492,6 +498,9 @@ class Trainer:
             "steps": self.step,
             "params": count_params(self.model),
             "images_per_s": self.images_per_s,
+            "infer_images_per_s": self.infer_images_per_s,  # mtlkit.engine.resources
+            "peak_memory_mib": peak_mib,
+            "peak_memory_kind": peak_kind,
             "weighting": self.cfg.train.weighting,
             "metrics": self.last_metrics,
             **self._delta_m(),
