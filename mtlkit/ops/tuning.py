@@ -27,7 +27,8 @@ Under DDP (an initialized process group of more than one rank) a key that needs 
 decided by rank 0, from its cache or by measuring, and broadcast, so every rank runs the same
 implementation and the replicas never diverge; this is a collective call, made by every rank at
 the same forward (the training step is lock-step). Keys without a gradient (evaluation, where
-ranks may run different numbers of batches) are decided per rank without a collective.
+ranks may run different numbers of batches) are decided per rank without a collective. Only
+rank 0 writes the JSON cache.
 
 ``MTLKIT_TUNE=0`` skips measuring and uses :func:`static_choice`, a table written from the
 measured rows of ``benchmarks/RESULTS.md``: ``sdpa`` for both attention ops; ``cuda`` for

@@ -386,3 +386,19 @@ def test_no_timing_while_torch_compile_traces():
         out.backward()
     assert {r.impl for r in log} == {"sdpa"} and len(timer.calls) == 2
     torch.testing.assert_close(out, f(q))
+
+
+def test_default_timer_warms_up_and_takes_a_median_on_the_cpu():
+    calls = []
+    ms = tuning.default_timer("x", lambda: calls.append(1), torch.device("cpu"))
+    assert ms >= 0 and 4 <= len(calls) <= 6  # 1 warm-up + 3 to 5 timed runs
+    slow = []
+
+    def sleepy():
+        slow.append(1)
+        import time
+
+        time.sleep(0.4)
+
+    assert tuning.default_timer("y", sleepy, torch.device("cpu")) >= 400
+    assert len(slow) == 4  # past ~1 s: 3 timed runs only
