@@ -19,6 +19,8 @@ op                 implementations (in this order)
 compiled extension (:data:`mtlkit.ops.HAS_CUDA_OPS`), ``MTLKIT_KERNELS`` not ``"0"`` and, for
 ``cuda_tc`` and the hdc kernels, compute capability >= 8.0. A usable implementation may still
 decline particular arguments (:meth:`Implementation.declines`, e.g. a head dim above 128).
+``cuda_tc`` and ``cuda_band`` are *experimental*: compiled and checked on a CPU emulation of
+CUDA but not yet run on a GPU, so ``auto`` never picks them; they run when named explicitly.
 
 Each implementation's ``fn`` has its op's public signature and receives validated arguments of
 one dtype (:mod:`mtlkit.ops` checks and casts them). :func:`register` adds one (tests register
@@ -68,6 +70,9 @@ class Implementation:
     """``check(*args, **kwargs)``: why these arguments cannot run (None when they can)."""
     fallback: str | None = None
     """What runs when this one declines an explicit request: another name, or None for auto."""
+    experimental: bool = False
+    """Not yet run on a GPU: never an ``auto`` candidate (a kernel fault could not be caught),
+    only run when named explicitly. Cleared once its CUDA tests pass on a GPU."""
     description: str = ""
 
     def unavailable(self, device: torch.device | str) -> str | None:
@@ -200,6 +205,7 @@ def _register_builtins() -> None:
     register(Implementation("bfe_attention", "cuda_tc", _attr(bfe, "bfe_attention_cuda_tc"),
                             kernel=True, min_capability=(8, 0),
                             check=_check(bfe, "bfe_attention_cuda_tc_declines"), fallback="cuda",
+                            experimental=True,
                             description="fused flash-style kernel on tensor cores (16-bit)"))
 
     register(Implementation("tpp_attention", "reference", reference.tpp_attention,
@@ -212,6 +218,7 @@ def _register_builtins() -> None:
     register(Implementation("tpp_attention", "cuda_tc", _attr(tpp, "tpp_attention_cuda_tc"),
                             kernel=True, min_capability=(8, 0),
                             check=_check(tpp, "tpp_attention_cuda_tc_declines"), fallback="cuda",
+                            experimental=True,
                             description="one folded pass on tensor cores (16-bit)"))
 
     register(Implementation("ifb", "reference", compositions.ifb_baddbmm,
@@ -228,6 +235,7 @@ def _register_builtins() -> None:
     register(Implementation("hdc_conv", "cuda_band", _attr(hdc, "hdc_conv_cuda_band"),
                             kernel=True, min_capability=(8, 0),
                             check=_check(hdc, "hdc_conv_cuda_band_declines"), fallback="cuda",
+                            experimental=True,
                             description="fused stages, row-band depthwise gradients"))
 
 

@@ -1,7 +1,9 @@
 """``auto``: every op runs its fastest correct implementation, chosen by measurement (issue 15).
 
 The first call of an op for a *key* times every usable candidate and keeps the fastest one whose
-result matches ``reference``; later calls with that key reuse the choice. The key is
+result matches ``reference``; later calls with that key reuse the choice (an op with a single
+usable candidate, e.g. ``hdc_conv`` on a CPU, runs it without measuring; implementations marked
+experimental, not yet run on a GPU, are never candidates). The key is
 
     op | device name and capability | torch, CUDA, cuDNN versions | extension build hash |
     dtype | gradient needed or not | shape bucket
@@ -463,6 +465,8 @@ def candidates(op: str, args: Sequence[Any], kwargs: dict[str, Any], device: tor
     usable, notes = [], {}
     for impl in impls.all_implementations(op):
         why = impl.unavailable(device) or impl.declines(*args, **kwargs)
+        if why is None and impl.experimental:
+            why = "experimental (not yet run on a GPU); name it to use it"
         if why:
             notes[impl.name] = f"not a candidate: {why}"
         else:

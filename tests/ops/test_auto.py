@@ -147,6 +147,21 @@ def test_a_failing_candidate_is_left_out(extra_impl):
     assert d.notes["cuda"].startswith("not a candidate: ")
 
 
+def test_an_experimental_implementation_is_never_a_candidate(extra_impl):
+    from mtlkit.ops import compositions
+
+    extra_impl(impls.Implementation("bfe_attention", "exp", compositions.bfe_sdpa,
+                                    experimental=True))
+    with tuning.use_timer(FakeTimer({"reference": 5.0, "sdpa": 3.0, "exp": 0.1})):
+        assert run_bfe(*bfe_args())[1].impl == "sdpa"
+        (d,) = tuning.decisions().values()
+        assert d.notes["exp"].startswith("not a candidate: experimental")
+        with ops.use(bfe_attention="exp"):  # named explicitly, it runs
+            assert run_bfe(*bfe_args())[1].impl == "exp"
+    assert impls.get("bfe_attention", "cuda_tc").experimental
+    assert impls.get("hdc_conv", "cuda_band").experimental
+
+
 # --------------------------------------------------------------------------- overrides
 def test_use_and_env_win_over_auto(monkeypatch):
     timer = FakeTimer({"reference": 5.0, "sdpa": 1.0})
