@@ -30,10 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlkit.errors import ConfigError
 from mtlkit.ops import impls, tuning
 from mtlkit.ops._errors import ImplementationDeclined
 
 ENV = "MTLKIT_IMPL"
+
+
+class ChoiceError(ConfigError, ValueError):
+    """An unknown op or implementation name in ``use()`` or ``MTLKIT_IMPL`` (a ``ValueError``,
+    and a user error: the CLI prints it as one line and exits with status 2)."""
 
 _USE: ContextVar[dict[str, str]] = ContextVar("mtlkit_ops_use", default={})  # noqa: B039
 _WARNED: set[tuple[str, ...]] = set()
@@ -41,10 +47,11 @@ _PARSED: dict[str, dict[str, str]] = {}
 
 
 def _check_choice(op: str, name: str, where: str) -> None:
-    impls.check_op(op)
+    if op not in impls.OPS:
+        raise ChoiceError(f"{where}: unknown op {op!r}", f"the ops are {', '.join(impls.OPS)}")
     if name != "auto" and name not in impls.implementations(op):
-        raise ValueError(f"{where}: {op} has no implementation {name!r}; choose one of "
-                         f"{', '.join([*impls.implementations(op), 'auto'])}")
+        raise ChoiceError(f"{where}: {op} has no implementation {name!r}",
+                          f"choose one of {', '.join([*impls.implementations(op), 'auto'])}")
 
 
 @contextmanager
@@ -53,11 +60,9 @@ def use(**choices: str) -> Iterator[None]:
 
     ``with mtlkit.ops.use(bfe_attention="sdpa", hdc_conv="reference"): ...``; nests (the inner
     block wins for the ops it names) and overrides ``MTLKIT_IMPL``. Unknown op or
-    implementation names raise ``ValueError`` naming the choices.
+    implementation names raise :class:`ChoiceError` (a ``ValueError``) naming the choices.
     """
     for op, name in choices.items():
-        if op not in impls.OPS:
-            raise ValueError(f"use(): unknown op {op!r}; the ops are {', '.join(impls.OPS)}")
         _check_choice(op, name, "use()")
     token = _USE.set({**_USE.get(), **choices})
     try:
@@ -67,17 +72,15 @@ def use(**choices: str) -> Iterator[None]:
 
 
 def env_choices() -> dict[str, str]:
-    """``MTLKIT_IMPL`` parsed (``ValueError`` naming the problem for a malformed value)."""
+    """``MTLKIT_IMPL`` parsed (:class:`ChoiceError` naming the problem for a bad value)."""
     text = os.environ.get(ENV, "").strip()
     if text not in _PARSED:
         out: dict[str, str] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):
             op, sep, name = (s.strip() for s in item.partition("="))
             if not sep or not name:
-                raise ValueError(f"{ENV}={text!r}: write op=implementation pairs separated by "
-                                 "commas, e.g. bfe_attention=sdpa,hdc_conv=cuda")
-            if op not in impls.OPS:
-                raise ValueError(f"{ENV}: unknown op {op!r}; the ops are {', '.join(impls.OPS)}")
+                raise ChoiceError(f"bad {ENV}={text!r}", "write op=implementation pairs "
+                                  "separated by commas, e.g. bfe_attention=sdpa,hdc_conv=cuda")
             _check_choice(op, name, ENV)
             out[op] = name
         _PARSED[text] = out

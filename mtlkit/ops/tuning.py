@@ -41,6 +41,7 @@ training and ``reference`` for float32 and inference.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -150,6 +151,7 @@ def bucket(op: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     return "-"
 
 
+@functools.cache
 def device_name(device: torch.device) -> str:
     """``cpu`` or ``<GPU name> sm_<major><minor>``."""
     if device.type != "cuda":
@@ -177,6 +179,7 @@ def extension_build() -> str:
     return _BUILD
 
 
+@functools.cache
 def software() -> str:
     """torch, CUDA and cuDNN versions and the extension build."""
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

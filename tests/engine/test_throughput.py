@@ -85,6 +85,16 @@ def test_profile_arch_cli_json(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--tune needs a model" in res.output
 
 
+def test_a_bad_mtlkit_impl_is_one_line_and_status_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTLKIT_IMPL", "bfe_attention=flash")
+    res = CliRunner().invoke(app, ["profile", "--arch", "bfci", "--batch-size", "1",
+                                   "--size", "32x40"])
+    assert res.exit_code == 2, res.output
+    assert "MTLKIT_IMPL: bfe_attention has no implementation 'flash'; choose one of " \
+        "reference, sdpa, cuda, cuda_tc, auto" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_profile_tune_cli(tmp_path: Path) -> None:
     """``--tune`` times every candidate of every op the model runs (a lone one too) and prints
     them in fixed columns, whole, although CliRunner's output is not a terminal."""
