@@ -7,6 +7,9 @@ a terminal, in a pipe and in a log file.
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,13 +24,39 @@ def _print(text: str) -> None:
     typer.echo(text)
 
 
-def _progress_bar() -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextmanager
+def _progress() -> Iterator[Callable[[int, int, str], None]]:
+    """``progress(done, total, what)``: a rich bar on a terminal, else one plain line per step
+    on stderr (a log file still shows that the run is alive)."""
+    import time
 
-    return Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.description}"), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True)
+    if not sys.stderr.isatty():
+        t0 = time.monotonic()
+
+        def plain(done: int, total: int, what: str) -> None:
+            print(f"profile: {done}/{total} {what} ({time.monotonic() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+        yield plain
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("building the model", total=None)
+
+        def update(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        yield update
 
 
 @user_errors
@@ -121,7 +150,7 @@ def _profile_arch(arch: str, *, tune: bool, batch_size: int, size: str | None, a
     if not gpu:
         console.print("[yellow]No CUDA GPU: mtlkit's CUDA kernels need one. Running a quick CPU "
                       "profile of the stock implementations (chosen by auto).[/]")
-        warmup, repeats = 1, min(repeats, 2)
+        warmup, repeats = 1, 1
     else:
         warmup, repeats = min(warmup, 3), min(repeats, 10)
     common = dict(dataset=dataset, backbone=backbone, batch_size=batch_size,
@@ -133,12 +162,7 @@ def _profile_arch(arch: str, *, tune: bool, batch_size: int, size: str | None, a
             tuned = tune_arch(arch, **common)
         _print(tune_table(tuned) + "\n")
         payload["tuning"] = tuned
-    with _progress_bar() as bar:
-        task = bar.add_task("building the model", total=None)
-
-        def progress(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=what)
-
+    with _progress() as progress:
         rows = profile_arch(arch, warmup=warmup, repeats=repeats, progress=progress, **common)
     _print(arch_table(rows) + "\n")
     _print(implementations_table(rows))

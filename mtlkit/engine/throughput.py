@@ -135,6 +135,7 @@ def profile_arch(arch: str, *, dataset: str = "synthetic-nyud", backbone: str = 
     from mtlkit.ops import dispatch, use
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = amp and dev.type == "cuda"  # bf16 autocast is a GPU setting (a no-op on the CPU)
     train_step, infer, hw = _steps(arch, dataset, backbone, batch_size, size, amp, dev)
     chosen = {k: v for k, v in settings(dev).items() if only is None or k in only}
     mem_runs = 2 if dev.type == "cuda" else 0
