@@ -41,6 +41,7 @@ class ChoiceError(ConfigError, ValueError):
     """An unknown op or implementation name in ``use()`` or ``MTLKIT_IMPL`` (a ``ValueError``,
     and a user error: the CLI prints it as one line and exits with status 2)."""
 
+
 _USE: ContextVar[dict[str, str]] = ContextVar("mtlkit_ops_use", default={})  # noqa: B039
 _WARNED: set[tuple[str, ...]] = set()
 _PARSED: dict[str, dict[str, str]] = {}
@@ -168,7 +169,13 @@ def _plan(op: str, args: Sequence[Any], kwargs: dict[str, Any]
     name, source = requested(op)
     if name == "auto":
         decision = tuning.decide(op, args, kwargs)
-        plan = list(dict.fromkeys([*decision.ranking, "reference"]))
+        plan = _runnable(op, [*decision.ranking, "reference"], args, kwargs)
+        if plan[0] != decision.choice:
+            why = _why_not(op, decision.choice, args, kwargs)
+            _warn_once((op, decision.choice, "auto", decision.bucket, str(why)),
+                       f"mtlkit.ops.{op}: {decision.choice!r}, auto's choice for "
+                       f"{decision.bucket}, cannot run this call: {why}; running {plan[0]!r} "
+                       "instead")
         return plan, f"auto: {decision.source}", decision
     impl = impls.get(op, name)
     device = next(t for t in tuning._flat_tensors(args)).device
@@ -182,21 +189,35 @@ def _plan(op: str, args: Sequence[Any], kwargs: dict[str, Any]
     return chain, f"{source}, fallback", None
 
 
+def _why_not(op: str, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """Why implementation ``name`` cannot run this call now (None when it can)."""
+    if name not in impls.implementations(op):
+        return "no such implementation (a stale cached choice)"
+    impl = impls.get(op, name)
+    device = next(t for t in tuning._flat_tensors(args)).device
+    return impl.unavailable(device) or impl.declines(*args, **kwargs)
+
+
+def _runnable(op: str, names: Sequence[str], args: Sequence[Any],
+              kwargs: dict[str, Any]) -> list[str]:
+    """``names`` (deduplicated) that can run this call now, e.g. not a kernel cached before
+    ``MTLKIT_KERNELS=0`` or one declining this member of its shape bucket."""
+    return [n for n in dict.fromkeys(names) if _why_not(op, n, args, kwargs) is None]
+
+
 @torch.compiler.disable
 def _fallbacks(op: str, impl: impls.Implementation, args: Sequence[Any],
                kwargs: dict[str, Any]) -> list[str]:
     """What runs when ``impl`` cannot: its fallback chain (``cuda_tc`` -> ``cuda``), then the
     ``auto`` ranking, then ``reference``."""
     chain: list[str] = []
-    device = next(t for t in tuning._flat_tensors(args)).device
     nxt = impl.fallback
     while nxt is not None and nxt not in chain:
-        f = impls.get(op, nxt)
-        if f.unavailable(device) is None and f.declines(*args, **kwargs) is None:
-            chain.append(nxt)
-        nxt = f.fallback
+        chain.append(nxt)
+        nxt = impls.get(op, nxt).fallback
     ranking = tuning.decide(op, args, kwargs).ranking
-    return [n for n in dict.fromkeys([*chain, *ranking, "reference"]) if n != impl.name]
+    return [n for n in _runnable(op, [*chain, *ranking, "reference"], args, kwargs)
+            if n != impl.name]
 
 
 def call(op: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Tensor:

@@ -162,6 +162,25 @@ def test_an_experimental_implementation_is_never_a_candidate(extra_impl):
     assert impls.get("hdc_conv", "cuda_band").experimental
 
 
+def test_auto_checks_its_choice_against_each_call(extra_impl, fresh_tuning):
+    """A choice made for a shape bucket is not run on a call it cannot take (another member of
+    the bucket, or a name no longer registered): the next of the ranking runs, with a warning."""
+    from mtlkit.ops import compositions
+
+    extra_impl(impls.Implementation("bfe_attention", "no7", compositions.bfe_sdpa,
+                                    check=lambda q, *a, **k: "Nq = 7" if q.shape[1] == 7
+                                    else None))
+    with tuning.use_timer(FakeTimer({"reference": 5.0, "sdpa": 3.0, "no7": 1.0})):
+        assert run_bfe(*bfe_args(Nq=5))[1].impl == "no7"
+        with pytest.warns(RuntimeWarning, match="'no7', auto's choice for B2 Nq8 .*cannot run "
+                                                "this call: Nq = 7; running 'sdpa' instead"):
+            assert run_bfe(*bfe_args(Nq=7))[1].impl == "sdpa"
+        impls.unregister("bfe_attention", "no7")
+        tuning.reset()  # the file still names no7
+        with pytest.warns(RuntimeWarning, match="stale cached choice"):
+            assert run_bfe(*bfe_args(Nq=5))[1].impl == "sdpa"
+
+
 # --------------------------------------------------------------------------- overrides
 def test_use_and_env_win_over_auto(monkeypatch):
     timer = FakeTimer({"reference": 5.0, "sdpa": 1.0})
