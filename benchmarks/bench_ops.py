@@ -1,9 +1,10 @@
-"""Benchmark the mtlkit ops: CUDA kernels vs the PyTorch reference and best composition.
+"""Benchmark the mtlkit ops: every named implementation, the ``auto`` choice marked.
 
 Runs :func:`mtlkit.profiling.profile_kernel` for every op, dtype and mode (forward, forward +
-backward) on the given shape presets, prints rich tables and writes one JSON file with the
-environment (device, torch, CUDA, commit, date) and every result. Record measured numbers in
-benchmarks/RESULTS.md.
+backward) on the given shape presets, prints plain-text tables (one row per implementation:
+``reference``, ``sdpa``, ``cuda``, ``cuda_tc``, ``cuda_band`` as the op has them) and writes one
+JSON file with the environment (device, torch, CUDA, commit, date) and every result. Record
+measured numbers in benchmarks/RESULTS.md.
 
     python benchmarks/bench_ops.py --shapes nyud,pascal --dtypes bf16,fp32 --out bench_ops.json
 """
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    console = Console()
+    console = Console(stderr=True)
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         console.print("[yellow]No CUDA GPU: only the PyTorch references are timed (on the "
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows = profiling.profile_kernel(kernel, dtype=dtype, backward=backward,
                                                     shape=shape, warmup=args.warmup,
                                                     repeats=args.repeats)
-                    console.print(profiling.results_table(rows))
+                    print(profiling.results_table(rows) + "\n")
                     results.extend(asdict(r) for r in rows)
     payload = {"environment": profiling.environment(), "results": results}
     atomic_write_text(args.out, json.dumps(payload, indent=2))

@@ -8,6 +8,7 @@
 # mtlkit/_C*.so is present and SKIP_BUILD=1. Logs and JSON go to $OUT (default ./gpu_out).
 # Every stage has its own time limit (seconds, env BUILD_S/TEST_S/BENCH_S/ARCH_S) so a slow
 # stage cannot eat the whole lease; whatever was written before a limit is kept.
+# TEST_ARGS="-k 'cuda_tc or band'" runs only the experimental implementations' tests.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -54,10 +55,13 @@ if has bench; then
 fi
 
 if has arch; then
+  # whole model under auto vs the old default (every op on its cuda kernel) vs the references,
+  # with every op's candidates timed first (--tune); the tuning cache stays in $OUT
   t0=$SECONDS
-  for a in ${ARCHS:-tpim}; do
-    timeout "${ARCH_S:-120}" python3 -m cli.main profile --arch "$a" --json "$OUT/arch_$a.json" \
-      >>"$OUT/arch.log" 2>&1
+  for a in ${ARCHS:-bfci tpim}; do
+    MTLKIT_CACHE="$OUT/cache" timeout "${ARCH_S:-300}" python3 -m cli.main profile --tune \
+      --arch "$a" --size "${ARCH_SIZE:-480x640}" --batch-size "${ARCH_BATCH:-8}" --amp \
+      --json "$OUT/arch_$a.json" >>"$OUT/arch.log" 2>&1
     echo "arch $a rc=$?"
   done
   echo "arch stage in $((SECONDS - t0)) s"

@@ -20,7 +20,6 @@
 // The (Nq x Nk) score matrix is never written to global memory.
 
 #include "attention_core.h"
-#include "env_choice.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -29,7 +28,6 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
 namespace mtlkit {
@@ -564,21 +562,30 @@ void dispatch_dtype(c10::ScalarType dtype, F&& f) {
   }
 }
 
-// MTLKIT_ATTN_CORE=simt (default: the CUDA-core kernels of this file) or tc (the tensor-core
-// kernels of attention_tc.cu where the problem qualifies, else these). Read on every call so a
-// test or benchmark can switch it. The default becomes tc once the tc kernels have passed the
-// CUDA tests on a GPU (see benchmarks/KERNEL_NOTES.md).
-bool tensor_cores_requested() {
-  return env_choice("MTLKIT_ATTN_CORE", {"simt", "tc"}, "simt") == "tc";
-}
+// Message of a tensor-core request the tc kernels cannot take (mtlkit/ops/_attention.py matches
+// "core='tc' declined" to fall back to the CUDA-core kernels with a warning).
+constexpr const char* kTcDeclined =
+    "attention: core='tc' declined this problem (the tensor-core kernels need bfloat16 or "
+    "float16, head dims that are multiples of 16, 16-byte aligned operands, compute capability "
+    ">= 8.0 and enough shared memory); run it with core='simt'";
 
 }  // namespace
+
+bool parse_attention_core(std::string_view core, const char* op) {
+  TORCH_CHECK(core == "simt" || core == "tc", op,
+              ": core must be 'simt' (CUDA cores) or 'tc' (tensor cores), got '",
+              std::string(core), "'");
+  return core == "tc";
+}
 
 void attn_forward(const AttnProblem& p, void* out, float* lse) {
   check_problem(p);
   if (p.batch == 0 || p.maps == 0 || p.nq == 0) return;
   TORCH_CHECK(p.nk >= 1, "attention: at least one key is required");
-  if (tensor_cores_requested() && attn_tc_forward(p, out, lse)) return;
+  if (p.tensor_cores) {
+    TORCH_CHECK(attn_tc_forward(p, out, lse), kTcDeclined);
+    return;
+  }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(ceil_div(p.nq, BR), p.v.parts, p.batch * p.maps);
   dispatch_dtype(p.dtype, [&](auto tag) {
@@ -592,7 +599,10 @@ void attn_backward(const AttnProblem& p, const float* lse, const float* drow, fl
                    float* dk, float* dv, float* dweight) {
   check_problem(p);
   if (p.batch == 0 || p.maps == 0 || p.nq == 0 || p.nk == 0) return;
-  if (tensor_cores_requested() && attn_tc_backward(p, lse, drow, dq, dk, dv, dweight)) return;
+  if (p.tensor_cores) {
+    TORCH_CHECK(attn_tc_backward(p, lse, drow, dq, dk, dv, dweight), kTcDeclined);
+    return;
+  }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int gmaps = p.shared_qk ? 1 : p.maps;
   const dim3 grid_q(ceil_div(p.nq, BR), p.q.parts, p.batch * gmaps);

@@ -20,6 +20,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <string_view>
 
 namespace mtlkit {
 
@@ -46,7 +47,15 @@ struct AttnProblem {
   // k then sum over the maps. false (BFE): every map owns its q and k chunk.
   bool shared_qk = false;
   c10::ScalarType dtype = c10::ScalarType::Float;
+  // true (the op's core argument is "tc"): the tensor-core kernels of attention_tc.cu run, and a
+  // problem they cannot take is an error (the Python glue then falls back to "simt" and warns);
+  // false ("simt"): the CUDA-core kernels of attention_core.cu.
+  bool tensor_cores = false;
 };
+
+// The `core` argument of the attention ops: "simt" -> false, "tc" -> true; anything else is an
+// error naming the op and the accepted values.
+bool parse_attention_core(std::string_view core, const char* op);
 
 // Mix weights of map g (row g of the (maps, q.parts) weight matrix), or nullptr (all ones).
 __host__ __device__ inline const float* weight_row(const AttnProblem& p, int g) {

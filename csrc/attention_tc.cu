@@ -1,7 +1,8 @@
 // Launchers of the tensor-core attention kernels (attention_tc_kernels.cuh, whose header comment
-// describes the design). Selected by MTLKIT_ATTN_CORE=tc (see attention_core.cu); the CUDA-core
-// kernels stay the default until these have been checked on a GPU.
-// Requirements (otherwise attn_tc_* return false and the caller falls back): bfloat16 or
+// describes the design). Selected by the attention ops' argument core="tc" (the implementation
+// `cuda_tc` of mtlkit.ops; see attention_core.cu).
+// Requirements (otherwise attn_tc_* return false and attention_core.cu raises "core='tc'
+// declined", which the Python glue turns into a warning and a run on core="simt"): bfloat16 or
 // float16, part dims multiples of 16, 16-byte aligned pointers, every stride a multiple of 8
 // elements, compute capability >= 8.0 and the dynamic shared memory available.
 #include <ATen/cuda/CUDAContext.h>

@@ -1,5 +1,5 @@
 // Tensor-core flash attention kernels for the AttnProblem of attention_core.h (BFCI eq. 3-6),
-// 16-bit dtypes, and their launch geometry. Launched by attention_tc.cu (MTLKIT_ATTN_CORE=tc).
+// 16-bit dtypes, and their launch geometry. Launched by attention_tc.cu (core="tc").
 // The including file first provides the PTX wrappers of tc_ptx.cuh (on the GPU) or of
 // tests/ops/emu/tc_ptx_emu.h (the CPU emulation that runs these kernels in the tests).
 //

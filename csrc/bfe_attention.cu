@@ -212,8 +212,10 @@ AttnProblem make_problem(const at::Tensor& q, const at::Tensor& K, const at::Ten
 std::tuple<at::Tensor, at::Tensor> bfe_attention_cuda(
     const at::Tensor& q, const at::Tensor& feats, const at::Tensor& k_weight,
     const at::Tensor& v_weight, const std::optional<at::Tensor>& k_bias,
-    const std::optional<at::Tensor>& v_bias, int64_t pool, int64_t heads) {
+    const std::optional<at::Tensor>& v_bias, int64_t pool, int64_t heads,
+    c10::string_view core) {
   check_inputs(q, feats, k_weight, v_weight, k_bias, v_bias, pool, heads);
+  const bool tensor_cores = parse_attention_core(core, "bfe_attention");
   const c10::cuda::CUDAGuard guard(q.device());
   TORCH_CHECK(q.size(1) <= INT32_MAX, "bfe_attention: Nq too large");
   const at::Tensor X = pool_tokens(feats, pool);
@@ -222,7 +224,8 @@ std::tuple<at::Tensor, at::Tensor> bfe_attention_cuda(
   const at::Tensor V = at::linear(X, v_weight, v_bias).contiguous();
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({q.size(0), heads, q.size(1)}, q.options().dtype(at::kFloat));
-  const AttnProblem p = make_problem(q, K, V, out, heads);
+  AttnProblem p = make_problem(q, K, V, out, heads);
+  p.tensor_cores = tensor_cores;
   attn_forward(p, out.data_ptr(), lse.data_ptr<float>());
   return {out, lse};
 }
@@ -232,8 +235,10 @@ bfe_attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q,
                             const at::Tensor& feats, const at::Tensor& k_weight,
                             const at::Tensor& v_weight, const std::optional<at::Tensor>& k_bias,
                             const std::optional<at::Tensor>& v_bias, const at::Tensor& out,
-                            const at::Tensor& lse, int64_t pool, int64_t heads) {
+                            const at::Tensor& lse, int64_t pool, int64_t heads,
+                            c10::string_view core) {
   check_inputs(q, feats, k_weight, v_weight, k_bias, v_bias, pool, heads);
+  const bool tensor_cores = parse_attention_core(core, "bfe_attention_backward");
   TORCH_CHECK(grad_out.sizes() == q.sizes() && grad_out.scalar_type() == q.scalar_type() &&
                   grad_out.device() == q.device() && grad_out.is_contiguous(),
               "bfe_attention_backward: grad_out must be a contiguous ", q.scalar_type(),
@@ -270,6 +275,7 @@ bfe_attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q,
   at::Tensor dV = degenerate ? at::zeros({B, Nk, E}, f32) : at::empty({B, Nk, E}, f32);
   AttnProblem p = make_problem(q, K, V, out, heads);
   p.o.ptr = grad_out.data_ptr();
+  p.tensor_cores = tensor_cores;
   attn_backward(p, lse.data_ptr<float>(), drow.data_ptr<float>(), dq.data_ptr<float>(),
                 dK.data_ptr<float>(), dV.data_ptr<float>(), nullptr);
 

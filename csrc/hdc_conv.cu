@@ -26,11 +26,13 @@
 //   d dw_b = sum gy                        (all 9 taps and the bias in one pass, one reduction)
 // (The first version computed gy and d pw_w with hand-written WMMA kernels; on an H100 they
 // took 143 us and 678 us per stage at B = 8, C = 256, 60x80 bf16, several times cuBLAS.)
-// MTLKIT_HDC_DW (read on every backward call) picks the two depthwise passes: pixel (default,
-// hdc_dw_kernel / hdc_grad_x_kernel: one pixel per thread, 9 masked gathers through L1) or band
+// The ops' `depthwise` argument picks the two depthwise passes of the backward (mtlkit.ops calls
+// them as the implementations `cuda` and `cuda_band`): "pixel" (default, hdc_dw_kernel /
+// hdc_grad_x_kernel: one pixel per thread, 9 masked gathers through L1) or "band"
 // (hdc_dw_band_kernel / hdc_grad_x_band_kernel: one CTA per band of R rows of one plane, the rows
 // plus a zero halo of d staged in shared memory, so every tap is an unconditional shared read;
-// the pixel kernels remain the fallback when not even one staged row fits in shared memory).
+// the pixel kernels remain the fallback when not even one staged row fits in shared memory,
+// which mtlkit/ops/hdc.py predicts and reports before it asks for "band").
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -47,7 +49,6 @@
 #include <type_traits>
 
 #include "dyn_smem.cuh"
-#include "env_choice.h"
 #include "wmma_tile.cuh"
 // clang-format off
 #include "hdc_depthwise.cuh"
@@ -377,7 +378,16 @@ void check_arch() {
               "hdc_stage: the CUDA kernel needs compute capability >= 8.0");
 }
 
-// mtlkit::hdc_stage(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation) -> out
+// The `depthwise` argument: "pixel" -> false, "band" -> true; anything else is an error naming
+// the op and the accepted values.
+bool parse_depthwise(c10::string_view depthwise, const char* op) {
+  TORCH_CHECK(depthwise == "pixel" || depthwise == "band", op,
+              ": depthwise must be 'pixel' or 'band', got '", std::string(depthwise), "'");
+  return depthwise == "band";
+}
+
+// mtlkit::hdc_stage(x, dw_weight, dw_bias, pw_weight, pw_bias, dilation, depthwise) -> out
+// (`depthwise` only matters to the backward; the forward checks it and autograd passes it on)
 // Forward kernel choice: MTLKIT_HDC_FWD=auto (default: the resident-weight kernel for 16-bit
 // dtypes and 128 < C_in <= 256 when the device grants the shared memory), resident (whenever
 // C_in <= 256 and the memory fits) or tiled (always the per-32-channel kernel).
@@ -397,8 +407,10 @@ bool use_resident_forward(int64_t Cin, int smem_bytes, bool half_precision) {
 
 at::Tensor hdc_stage_cuda(const at::Tensor& x_in, const at::Tensor& dw_w_in,
                           const std::optional<at::Tensor>& dw_b_in, const at::Tensor& pw_w_in,
-                          const std::optional<at::Tensor>& pw_b_in, int64_t dilation) {
+                          const std::optional<at::Tensor>& pw_b_in, int64_t dilation,
+                          c10::string_view depthwise) {
   const Shapes s = check_stage("hdc_stage", x_in, dw_w_in, dw_b_in, pw_w_in, pw_b_in, dilation);
+  parse_depthwise(depthwise, "hdc_stage");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), dw_w = dw_w_in.contiguous(), pw_w = pw_w_in.contiguous();
   const auto dw_b = contig(dw_b_in), pw_b = contig(pw_b_in);
@@ -454,13 +466,6 @@ at::Tensor hdc_stage_cuda(const at::Tensor& x_in, const at::Tensor& dw_w_in,
   return out;
 }
 
-// Depthwise backward kernels (hdc_dw and hdc_grad_x): MTLKIT_HDC_DW=pixel (default: one pixel
-// per thread, taps gathered through L1) or band (one row band per CTA staged in shared memory).
-// Read on every call, so that tests can switch it.
-bool use_band_backward() {
-  return env_choice("MTLKIT_HDC_DW", {"pixel", "band"}, "pixel") == "band";
-}
-
 // band_geometry for `kern` on the current device (raising the kernel's dynamic shared-memory
 // attribute when the plan needs more than the default 48 KB).
 template <typename K>
@@ -485,12 +490,14 @@ bool band_vec_ok(const at::Tensor& t, int W) {
          (static_cast<int64_t>(W) * static_cast<int64_t>(sizeof(T))) % 16 == 0;
 }
 
-// mtlkit::hdc_stage_backward(grad_out, x, out, dw_weight, dw_bias, pw_weight, dilation)
-//   -> (grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)
+// mtlkit::hdc_stage_backward(grad_out, x, out, dw_weight, dw_bias, pw_weight, dilation,
+//   depthwise) -> (grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias)
+// depthwise: "pixel" (one pixel per thread, taps gathered through L1) or "band" (one row band
+// per CTA staged in shared memory) for the two depthwise kernels.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage_backward_cuda(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& out_in,
     const at::Tensor& dw_w_in, const std::optional<at::Tensor>& dw_b_in,
-    const at::Tensor& pw_w_in, int64_t dilation) {
+    const at::Tensor& pw_w_in, int64_t dilation, c10::string_view depthwise) {
   const Shapes s =
       check_stage("hdc_stage_backward", x_in, dw_w_in, dw_b_in, pw_w_in, std::nullopt, dilation);
   for (const at::Tensor* t : {&grad_out_in, &out_in}) {
@@ -501,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage
     TORCH_CHECK(t->scalar_type() == x_in.scalar_type() && t->device() == x_in.device(),
                 "hdc_stage_backward: grad_out and out must match x in dtype and device");
   }
-  const bool band = use_band_backward();
+  const bool band = parse_depthwise(depthwise, "hdc_stage_backward");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), dw_w = dw_w_in.contiguous(), pw_w = pw_w_in.contiguous();
   const at::Tensor gout = grad_out_in.contiguous(), out = out_in.contiguous();
@@ -586,10 +593,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hdc_stage
 TORCH_LIBRARY_FRAGMENT(mtlkit, m) {
   m.def(
       "hdc_stage(Tensor x, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, Tensor? pw_bias,"
-      " int dilation) -> Tensor");
+      " int dilation, str depthwise=\"pixel\") -> Tensor");
   m.def(
       "hdc_stage_backward(Tensor grad_out, Tensor x, Tensor out, Tensor dw_weight,"
-      " Tensor? dw_bias, Tensor pw_weight, int dilation)"
+      " Tensor? dw_bias, Tensor pw_weight, int dilation, str depthwise=\"pixel\")"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

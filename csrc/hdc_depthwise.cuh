@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(256)
 }
 
 // ----------------------------------------------------------------------------- band kernels
-// MTLKIT_HDC_DW=band: the same two depthwise passes with every tap read from shared memory.
+// depthwise="band": the same two depthwise passes with every tap read from shared memory.
 // One CTA per (band of R output rows, channel c, image b); grid = (nbands, C, B), 256 threads.
 // The CTA stages rows [h0 - d, h0 + Rb + d) of its plane (Rb = rows of this band) as float:
 // stage row rr holds image row h0 - d + rr at columns [L, L + W) of a row of SW floats, and

@@ -123,22 +123,27 @@ AttnProblem make_problem(const at::Tensor& q, const at::Tensor& k, const at::Ten
 std::tuple<at::Tensor, at::Tensor> tpp_attention_cuda(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v,
                                                       const at::Tensor& mix_weight,
-                                                      const std::optional<at::Tensor>& mix_bias) {
+                                                      const std::optional<at::Tensor>& mix_bias,
+                                                      c10::string_view core) {
   check_inputs(q, k, v, mix_weight, mix_bias);
+  const bool tensor_cores = parse_attention_core(core, "tpp_attention");
   const c10::cuda::CUDAGuard guard(q.device());
   const at::Tensor w = mix_weight.to(at::kFloat).contiguous();
   at::Tensor out = at::empty_like(v);
   at::Tensor lse =
       at::empty({q.size(0), mix_weight.size(0), q.size(2)}, q.options().dtype(at::kFloat));
-  const AttnProblem p = make_problem(q, k, v, out, w);
+  AttnProblem p = make_problem(q, k, v, out, w);
+  p.tensor_cores = tensor_cores;
   attn_forward(p, out.data_ptr(), lse.data_ptr<float>());
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tpp_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& mix_weight, const at::Tensor& out, const at::Tensor& lse) {
+    const at::Tensor& mix_weight, const at::Tensor& out, const at::Tensor& lse,
+    c10::string_view core) {
   check_inputs(q, k, v, mix_weight, std::nullopt);
+  const bool tensor_cores = parse_attention_core(core, "tpp_attention_backward");
   TORCH_CHECK(grad_out.sizes() == v.sizes() && grad_out.scalar_type() == v.scalar_type() &&
                   grad_out.device() == v.device() && grad_out.is_contiguous(),
               "tpp_attention_backward: grad_out must be a contiguous ", v.scalar_type(),
@@ -169,6 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tpp_attention_backwar
   at::Tensor dw = at::zeros({M, T}, q.options().dtype(at::kFloat));
   AttnProblem p = make_problem(q, k, v, out, w);
   p.o.ptr = grad_out.data_ptr();
+  p.tensor_cores = tensor_cores;
   attn_backward(p, lse.data_ptr<float>(), drow.data_ptr<float>(), dq.data_ptr<float>(),
                 dk.data_ptr<float>(), dv.data_ptr<float>(), dw.data_ptr<float>());
   const auto dt = q.scalar_type();

@@ -1,13 +1,11 @@
 """Timing, roofline and accuracy of the mtlkit ops (``mtlkit profile`` and ``benchmarks/``).
 
-Every op has a :class:`KernelBench`: named shape presets, an input factory, implementations to
-compare, model FLOPs / compulsory bytes, and a float64 truth. The implementations are
-
-- ``cuda kernel``: the public op with the CUDA extension (needs a CUDA GPU and ``mtlkit._C``);
-- ``pytorch reference``: :mod:`mtlkit.ops.reference` (the executable contract);
-- ``pytorch best``: the fastest composition of stock PyTorch ops we know (for BFE: pool + cat +
-  linear + ``F.scaled_dot_product_attention``; for TPP: mix weights folded into the queries,
-  one SDPA over the concatenated task features; see :func:`bfe_sdpa` and :func:`tpp_sdpa`).
+Every op has a :class:`KernelBench`: named shape presets, an input factory, model FLOPs /
+compulsory bytes, and a float64 truth. Its rows are the op's named implementations
+(:func:`mtlkit.ops.implementations`: ``reference``, ``sdpa``, ``cuda``, ``cuda_tc``,
+``cuda_band`` as the op has them), each run directly, plus extra rows a bench adds (``ifb`` and
+``hdc_conv``: ``torch.compile`` of the reference, CUDA only). The row that the default policy
+``auto`` (:mod:`mtlkit.ops.tuning`) picks for the same inputs is marked.
 
 Numbers reported per implementation: median wall time over ``repeats`` runs after ``warmup``
 runs (CUDA events on GPU, ``perf_counter`` on CPU), TFLOP/s from model FLOPs (recomputation in a
@@ -15,28 +13,24 @@ backward is not counted), GB/s from compulsory traffic (every input read once, e
 written once), % of roofline = ``max(flops / peak_flops, bytes / peak_bw) / time`` with the H100
 SXM constants below (GPU runs only), max relative error against the float64 reference
 (``max|x - x64| / max|x64|`` over the output and, with ``backward``, every input gradient that
-is not zero in exact arithmetic), and peak extra device memory of one run.
+is not zero in exact arithmetic), peak extra device memory of one run, and the speed-up over the
+fastest stock-PyTorch row (``reference``, ``sdpa``, ``torch.compile reference``).
 
-Adding an op: write a function returning a :class:`KernelBench` and either call
-:func:`register_bench` with it, or define ``make_bench() -> KernelBench`` in the op's glue module
-``mtlkit/ops/<module>.py`` (listed in :data:`GLUE_MODULES`); such a ``make_bench`` replaces the
-built-in bench of the same name when :func:`benches` first runs.
+Tables are plain text with columns as wide as their contents (:func:`format_table`), the same on
+a terminal and in a pipe. :mod:`mtlkit.ops` imports nothing from here.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.errors import ConfigError, UnknownNameError
@@ -51,40 +45,22 @@ H100_PEAK_TFLOPS_TF32 = 494.7  # TF32 tensor cores (not used by default for floa
 H100_PEAK_GBPS = 3350.0        # HBM3 bandwidth, GB/s
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-GLUE_MODULES = ("bfe", "tpp", "ifb", "hdc")
+STOCK_ROWS = ("reference", "sdpa", "torch.compile reference")
+"""Rows of stock PyTorch: the speed-up column is relative to the fastest of them."""
 
 
 # --------------------------------------------------------------------------- data structures
+RunFn = Callable[[dict[str, Any]], Tensor]
+
+
 @dataclass
 class Impl:
-    """One implementation of an op: ``run(inputs) -> output``."""
+    """An extra row of a bench (not an implementation of :mod:`mtlkit.ops`)."""
 
     name: str
-    run: Callable[[dict[str, Any]], Tensor]
+    run: RunFn
     unavailable: Callable[[torch.device], str | None] = lambda device: None
-    """Returns why this implementation cannot run on ``device`` (None when it can)."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Environment variables set while this implementation runs (forward and backward), e.g.
-    ``MTLKIT_ATTN_CORE=tc`` for the tensor-core attention kernels."""
-
-
-TENSOR_CORE_ATTENTION = {"MTLKIT_ATTN_CORE": "tc"}
-"""Selects the mma.sync attention kernels (csrc/attention_tc.cu) for 16-bit problems."""
-
-
-@contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    """Set ``env`` for the duration of the block, then restore the previous values."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """Returns why this row cannot run on ``device`` (None when it can)."""
 
 
 @dataclass
@@ -96,14 +72,29 @@ class KernelBench:
     make_inputs: Callable[[dict[str, int], torch.dtype, torch.device, torch.Generator],
                           dict[str, Any]]
     """Inputs as a dict: tensors (or lists of tensors) and plain keyword values."""
-    impls: list[Impl]
+    split: Callable[[dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+    """Inputs -> the op's ``(args, kwargs)``."""
     flops: Callable[[dict[str, int], bool], float]
     """Model FLOPs of a forward (False) or forward + backward (True)."""
-    reference: Callable[[dict[str, Any]], Tensor]
-    """The float64 truth (called on inputs cast to float64)."""
+    extra: list[Impl] = field(default_factory=list)
     description: str = ""
     cpu_shape: str = "small"
     gpu_shape: str = "nyud"
+
+    def call(self, fn: Callable[..., Tensor]) -> RunFn:
+        """``fn`` (with the op's signature) as a function of the inputs dict."""
+
+        def run(x: dict[str, Any]) -> Tensor:
+            args, kwargs = self.split(x)
+            return fn(*args, **kwargs)
+
+        return run
+
+    def reference(self, x: dict[str, Any]) -> Tensor:
+        """The executable contract (:mod:`mtlkit.ops.reference`), the float64 truth."""
+        from mtlkit.ops import reference
+
+        return self.call(getattr(reference, self.name))(x)
 
 
 @dataclass
@@ -123,33 +114,13 @@ class Result:
     max_rel_err: float | None = None
     peak_mib: float | None = None
     speedup_vs_best_pytorch: float | None = None
+    auto: bool = False
+    """True on the row that ``auto`` picks for these inputs."""
     note: str = ""
     dims: dict[str, int] = field(default_factory=dict)
 
 
 _BENCHES: dict[str, KernelBench] = {}
-_DISCOVERED = False
-
-
-RunFn = Callable[[dict[str, Any]], Tensor]
-
-
-def compiled_reference_impl(reference_fn: Callable[..., Tensor],
-                            call: Callable[[Callable[..., Tensor]], RunFn]) -> Impl:
-    """The "torch.compile reference" row: ``reference_fn`` compiled on first use (CUDA only)."""
-    compiled: dict[str, Any] = {}
-
-    def run(x: dict[str, Any]) -> Tensor:
-        if "fn" not in compiled:
-            compiled["fn"] = torch.compile(reference_fn)
-        return call(compiled["fn"])(x)
-
-    def cuda_only(device: torch.device) -> str | None:
-        if os.environ.get("MTLKIT_PROFILE_COMPILE", "1") == "0":
-            return "skipped: MTLKIT_PROFILE_COMPILE=0"
-        return None if device.type == "cuda" else "skipped: torch.compile baseline on CUDA only"
-
-    return Impl("torch.compile reference", run, cuda_only)
 
 
 def register_bench(bench: KernelBench) -> KernelBench:
@@ -159,19 +130,31 @@ def register_bench(bench: KernelBench) -> KernelBench:
 
 
 def benches() -> dict[str, KernelBench]:
-    """All benches by name (built-ins plus ``make_bench`` of the glue modules)."""
-    global _DISCOVERED
-    if not _DISCOVERED:
-        _DISCOVERED = True
-        for module in GLUE_MODULES:
-            try:
-                mod = importlib.import_module(f"mtlkit.ops.{module}")
-            except ImportError:
-                continue
-            make = getattr(mod, "make_bench", None)
-            if callable(make):
-                register_bench(make())
+    """All benches by name."""
     return dict(_BENCHES)
+
+
+def kernel_names() -> list[str]:
+    return sorted(_BENCHES)
+
+
+def compiled_reference_impl(bench_name: str) -> Impl:
+    """The "torch.compile reference" row: the reference compiled on first use (CUDA only)."""
+    compiled: dict[str, Any] = {}
+
+    def run(x: dict[str, Any]) -> Tensor:
+        from mtlkit.ops import reference
+
+        if "fn" not in compiled:
+            compiled["fn"] = torch.compile(getattr(reference, bench_name))
+        return _BENCHES[bench_name].call(compiled["fn"])(x)
+
+    def cuda_only(device: torch.device) -> str | None:
+        if os.environ.get("MTLKIT_PROFILE_COMPILE", "1") == "0":
+            return "skipped: MTLKIT_PROFILE_COMPILE=0"
+        return None if device.type == "cuda" else "skipped: torch.compile baseline on CUDA only"
+
+    return Impl("torch.compile reference", run, cuda_only)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -270,14 +253,43 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None
 
 
 # --------------------------------------------------------------------------- main entry
+def _rows(bench: KernelBench, inputs: dict[str, Any],
+          dev: torch.device) -> list[tuple[str, RunFn | None, str]]:
+    """(name, run, why not) for every implementation of the op, then the bench's extra rows."""
+    from mtlkit.ops import impls
+
+    args, kwargs = bench.split(inputs)
+    rows: list[tuple[str, RunFn | None, str]] = []
+    for impl in impls.all_implementations(bench.name):
+        why = impl.unavailable(dev) or impl.declines(*args, **kwargs)
+        rows.append((impl.name, None if why else bench.call(impl.fn),
+                     f"skipped: {why}" if why else ""))
+    for extra in bench.extra:
+        why = extra.unavailable(dev)
+        rows.append((extra.name, None if why else extra.run, why or ""))
+    return rows
+
+
+def auto_choice(bench: KernelBench, inputs: dict[str, Any], backward: bool) -> str | None:
+    """The implementation ``auto`` runs for these inputs (measuring them if not cached)."""
+    from mtlkit.ops import tuning
+
+    args, kwargs = bench.split(_leaves(inputs, backward))
+    with torch.set_grad_enabled(backward):
+        return tuning.decide(bench.name, args, kwargs).choice
+
+
 def profile_kernel(name: str, *, dtype: str = "bf16", backward: bool = False,
                    shape: str | None = None, device: str | torch.device | None = None,
                    warmup: int = 10, repeats: int = 50, seed: int = 0) -> list[Result]:
-    """Profile every implementation of op ``name``; one :class:`Result` per implementation.
+    """Profile every implementation of op ``name``; one :class:`Result` per row.
 
-    Without a CUDA device the references run on the CPU and the kernel row says why it was
-    skipped. ``shape`` defaults to the bench's ``gpu_shape`` on CUDA, ``cpu_shape`` on CPU.
+    Without a CUDA device the stock implementations run on the CPU and the kernel rows say why
+    they were skipped. ``shape`` defaults to the bench's ``gpu_shape`` on CUDA, ``cpu_shape`` on
+    CPU.
     """
+    from mtlkit.ops import ImplementationDeclined
+
     all_benches = benches()
     if name not in all_benches:
         raise UnknownNameError(f"unknown kernel {name!r}",
@@ -310,39 +322,41 @@ def profile_kernel(name: str, *, dtype: str = "bf16", backward: bool = False,
     flops = bench.flops(dims, backward)
     peak_flops = H100_PEAK_TFLOPS[tdtype] * 1e12
     results: list[Result] = []
-    for impl in bench.impls:
-        res = Result(kernel=name, impl=impl.name, shape=shape, dtype=dtype, backward=backward,
+    for row_name, run, why in _rows(bench, base_inputs, dev):
+        res = Result(kernel=name, impl=row_name, shape=shape, dtype=dtype, backward=backward,
                      device=_device_name(dev), dims=dict(dims))
-        reason = impl.unavailable(dev)
-        if reason:
-            res.note = reason
+        if run is None:
+            res.note = why
             results.append(res)
             continue
         inputs = _leaves(base_inputs, backward)
         grad_out = None if grad64 is None else grad64.to(tdtype)
 
-        def step(impl: Impl = impl, inputs: dict[str, Any] = inputs,
+        def step(run: RunFn = run, inputs: dict[str, Any] = inputs,
                  grad_out: Tensor | None = grad_out) -> tuple[Tensor, list[Tensor | None]]:
-            return _forward_backward(impl.run, inputs, grad_out)
+            return _forward_backward(run, inputs, grad_out)
 
-        with _environment(impl.env):  # for the forward and the backward of this row only
-            try:
-                out, grads = step()
-            except (RuntimeError, NotImplementedError) as exc:  # e.g. SDPA backend limits
-                res.note = f"failed: {str(exc).splitlines()[0][:120]}"
-                results.append(res)
-                continue
-            err = _rel_err(out, out64)
-            # Gradients that vanish in exact arithmetic (k_bias and mix_bias: softmax is
-            # invariant to a per-row shift) have no meaningful relative error; left out.
-            gmax = max((g.abs().max().item() for g in grads64 if g is not None), default=0.0)
-            for gk, g64 in zip(grads, grads64, strict=False):
-                if g64 is not None and g64.abs().max().item() > 1e-9 * gmax:
-                    err = max(err, _rel_err(gk, g64))
-            res.max_rel_err = err
-            nbytes = _bytes(inputs, out, grads)
-            res.peak_mib = peak_memory_mib(step, dev)
-            ms = time_call(step, dev, warmup=warmup, repeats=repeats)
+        try:
+            out, grads = step()
+        except ImplementationDeclined as exc:
+            res.note = f"skipped: declined: {exc}"
+            results.append(res)
+            continue
+        except (RuntimeError, NotImplementedError) as exc:  # e.g. SDPA backend limits
+            res.note = f"failed: {str(exc).splitlines()[0][:120]}"
+            results.append(res)
+            continue
+        err = _rel_err(out, out64)
+        # Gradients that vanish in exact arithmetic (k_bias and mix_bias: softmax is invariant
+        # to a per-row shift) have no meaningful relative error; left out.
+        gmax = max((g.abs().max().item() for g in grads64 if g is not None), default=0.0)
+        for gk, g64 in zip(grads, grads64, strict=False):
+            if g64 is not None and g64.abs().max().item() > 1e-9 * gmax:
+                err = max(err, _rel_err(gk, g64))
+        res.max_rel_err = err
+        nbytes = _bytes(inputs, out, grads)
+        res.peak_mib = peak_memory_mib(step, dev)
+        ms = time_call(step, dev, warmup=warmup, repeats=repeats)
         res.median_ms = ms
         res.tflops = flops / (ms * 1e-3) / 1e12
         res.gbps = nbytes / (ms * 1e-3) / 1e9
@@ -351,10 +365,13 @@ def profile_kernel(name: str, *, dtype: str = "bf16", backward: bool = False,
             res.roofline_pct = 100.0 * bound_s / (ms * 1e-3)
         results.append(res)
 
-    best = next((r for r in results if r.impl == "pytorch best" and r.median_ms), None)
+    chosen = auto_choice(bench, base_inputs, backward)
+    stock = [r.median_ms for r in results if r.impl in STOCK_ROWS and r.median_ms]
+    best = min(stock) if stock else None
     for r in results:
+        r.auto = r.impl == chosen
         if best is not None and r.median_ms:
-            r.speedup_vs_best_pytorch = best.median_ms / r.median_ms
+            r.speedup_vs_best_pytorch = best / r.median_ms
     return results
 
 
@@ -364,50 +381,12 @@ def _device_name(dev: torch.device) -> str:
     return "cpu"
 
 
-def kernel_names() -> list[str]:
-    return sorted(benches())
-
-
-# --------------------------------------------------------------------------- availability
-def _kernel_unavailable(glue_attr: str) -> Callable[[torch.device], str | None]:
-    """Why the CUDA kernel of the op whose dispatcher is ``mtlkit.ops.<glue_attr>`` can't run."""
-
-    def check(device: torch.device) -> str | None:
-        import mtlkit.ops as ops
-
-        if device.type != "cuda":
-            return "skipped: needs a CUDA GPU"
-        if not ops.HAS_CUDA_OPS:
-            return f"skipped: {ops.CUDA_OPS_ERROR}"
-        if getattr(ops, glue_attr, None) is None:
-            return "skipped: no CUDA kernel registered for this op"
-        if not ops.kernels_enabled():
-            return "skipped: MTLKIT_KERNELS=0"
-        return None
-
-    return check
-
-
 def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype, device: torch.device,
            scale: float = 1.0) -> Tensor:
     return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- bfe_attention
-def bfe_sdpa(q: Tensor, feats: Tensor, k_weight: Tensor, v_weight: Tensor,
-             k_bias: Tensor | None, v_bias: Tensor | None, *, pool: int, heads: int) -> Tensor:
-    """Best stock-PyTorch composition of BFCI eq. 1-4: avg_pool2d + cat + linear + SDPA."""
-    B, Nq, E = q.shape
-    _, T, C, H, W = feats.shape
-    X = F.avg_pool2d(feats.reshape(B * T, C, H, W), pool).reshape(B, T, C, -1)
-    X = X.transpose(2, 3).reshape(B, -1, C)
-    D = E // heads
-    K = F.linear(X, k_weight, k_bias).view(B, -1, heads, D).transpose(1, 2)
-    V = F.linear(X, v_weight, v_bias).view(B, -1, heads, D).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q.view(B, Nq, heads, D).transpose(1, 2), K, V)
-    return out.transpose(1, 2).reshape(B, Nq, E)
-
-
 def _bfe_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
                 gen: torch.Generator) -> dict[str, Any]:
     B, T, C, H, W, E = d["B"], d["T"], d["C"], d["H"], d["W"], d["E"]
@@ -423,12 +402,9 @@ def _bfe_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
     }
 
 
-def _bfe_call(fn: Callable[..., Tensor]) -> Callable[[dict[str, Any]], Tensor]:
-    def run(x: dict[str, Any]) -> Tensor:
-        return fn(x["q"], x["feats"], x["k_weight"], x["v_weight"], x["k_bias"], x["v_bias"],
-                  pool=x["pool"], heads=x["heads"])
-
-    return run
+def _bfe_split(x: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return ((x["q"], x["feats"], x["k_weight"], x["v_weight"], x["k_bias"], x["v_bias"]),
+            {"pool": x["pool"], "heads": x["heads"]})
 
 
 def _bfe_flops(d: dict[str, int], backward: bool) -> float:
@@ -439,8 +415,6 @@ def _bfe_flops(d: dict[str, int], backward: bool) -> float:
 
 
 def _make_bfe_bench() -> KernelBench:
-    from mtlkit.ops import bfe_attention, reference
-
     # Scale-1 (stride 8) BFE of the paper's HRNet setting: queries downsampled by 2, keys by pool.
     shapes = {
         "small": dict(B=1, T=2, C=16, H=16, W=16, E=32, heads=2, pool=2, Nq=64),
@@ -461,41 +435,13 @@ def _make_bfe_bench() -> KernelBench:
         name="bfe_attention",
         shapes=shapes,
         make_inputs=_bfe_inputs,
-        impls=[
-            Impl("cuda kernel", _bfe_call(bfe_attention), _kernel_unavailable("_bfe_cuda")),
-            Impl("cuda kernel (tensor cores)", _bfe_call(bfe_attention),
-                 _kernel_unavailable("_bfe_cuda"), env=TENSOR_CORE_ATTENTION),
-            Impl("pytorch reference", _bfe_call(reference.bfe_attention)),
-            Impl("pytorch best", _bfe_call(bfe_sdpa)),
-        ],
+        split=_bfe_split,
         flops=_bfe_flops,
-        reference=_bfe_call(reference.bfe_attention),
         description="BFCI BFE fused downsampled cross-attention (eq. 1-4)",
     )
 
 
 # --------------------------------------------------------------------------- tpp_attention
-def tpp_sdpa(q: Tensor, k: Tensor, v: Tensor, mix_weight: Tensor,
-             mix_bias: Tensor | None = None) -> Tensor:
-    """Best stock-PyTorch composition of BFCI eq. 5-6: the mix weights folded into the queries.
-
-    ``sum_j w_mj q_j k_j^T = [w_m0 q_0, ..., w_m,T-1 q_{T-1}] [k_0, ..., k_{T-1}]^T``, so map m is
-    one SDPA with feature dim T*D and scale 1/sqrt(D); for M == 1 the T values are concatenated
-    and propagated by one call. ``mix_bias`` cancels in the softmax.
-    """
-    B, T, N, D = q.shape
-    Dv = v.shape[-1]
-    M = mix_weight.shape[0]
-    w = mix_weight.to(q.dtype)
-    qt = (w[None, :, :, None, None] * q[:, None]).permute(0, 1, 3, 2, 4).reshape(B, M, N, T * D)
-    kt = k.permute(0, 2, 1, 3).reshape(B, 1, N, T * D)
-    if M == 1:
-        vt = v.permute(0, 2, 1, 3).reshape(B, 1, N, T * Dv)
-        out = F.scaled_dot_product_attention(qt, kt, vt, scale=D ** -0.5)
-        return out.reshape(B, N, T, Dv).permute(0, 2, 1, 3)
-    return F.scaled_dot_product_attention(qt, kt.expand(B, M, N, T * D), v, scale=D ** -0.5)
-
-
 def _tpp_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
                 gen: torch.Generator) -> dict[str, Any]:
     B, T, N, D, Dv, M = d["B"], d["T"], d["N"], d["D"], d["Dv"], d["M"]
@@ -508,11 +454,8 @@ def _tpp_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
     }
 
 
-def _tpp_call(fn: Callable[..., Tensor]) -> Callable[[dict[str, Any]], Tensor]:
-    def run(x: dict[str, Any]) -> Tensor:
-        return fn(x["q"], x["k"], x["v"], x["mix_weight"], x["mix_bias"])
-
-    return run
+def _tpp_split(x: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (x["q"], x["k"], x["v"], x["mix_weight"], x["mix_bias"]), {}
 
 
 def _tpp_flops(d: dict[str, int], backward: bool) -> float:
@@ -522,8 +465,6 @@ def _tpp_flops(d: dict[str, int], backward: bool) -> float:
 
 
 def _make_tpp_bench() -> KernelBench:
-    from mtlkit.ops import reference, tpp_attention
-
     shapes = {
         "small": dict(B=1, T=3, N=64, D=16, Dv=16, M=1),
         # TPP runs on the last backbone scale (stride 32): NYUD 15x20, PASCAL 16x16 tokens
@@ -541,20 +482,13 @@ def _make_tpp_bench() -> KernelBench:
         name="tpp_attention",
         shapes=shapes,
         make_inputs=_tpp_inputs,
-        impls=[
-            Impl("cuda kernel", _tpp_call(tpp_attention), _kernel_unavailable("_tpp_cuda")),
-            Impl("cuda kernel (tensor cores)", _tpp_call(tpp_attention),
-                 _kernel_unavailable("_tpp_cuda"), env=TENSOR_CORE_ATTENTION),
-            Impl("pytorch reference", _tpp_call(reference.tpp_attention)),
-            Impl("pytorch best", _tpp_call(tpp_sdpa)),
-        ],
+        split=_tpp_split,
         flops=_tpp_flops,
-        reference=_tpp_call(reference.tpp_attention),
         description="BFCI TPP task-pattern-propagation attention (eq. 5-6)",
     )
 
 
-# --------------------------------------------------------------------------- ifb (default)
+# --------------------------------------------------------------------------- ifb
 def _ifb_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
                 gen: torch.Generator) -> dict[str, Any]:
     B, N, c = d["B"], d["N"], d["c"]
@@ -568,11 +502,8 @@ def _ifb_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
     }
 
 
-def _ifb_call(fn: Callable[..., Tensor]) -> Callable[[dict[str, Any]], Tensor]:
-    def run(x: dict[str, Any]) -> Tensor:
-        return fn(x["affinity"], x["v"], x["alpha"], iters=x["iters"], variant=x["variant"])
-
-    return run
+def _ifb_split(x: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (x["affinity"], x["v"], x["alpha"]), {"iters": x["iters"], "variant": x["variant"]}
 
 
 def _ifb_flops(d: dict[str, int], backward: bool) -> float:
@@ -581,29 +512,28 @@ def _ifb_flops(d: dict[str, int], backward: bool) -> float:
 
 
 def _make_ifb_bench() -> KernelBench:
-    from mtlkit.ops import ifb, reference
-
     shapes = {
         "small": dict(B=1, N=64, c=16, iters=4),
         # TPIM on NYUD: affinities at 1/8 of 480x640 downscaled by sc=2 -> 30x40 tokens, 18 iters
         "nyud": dict(B=4, N=1200, c=64, iters=18),
         "pascal": dict(B=4, N=1024, c=64, iters=4),
     }
+    # The issue-7 performance targets: B = 16, N = 1200 / 4800, c = 64 / 256, 18 iterations.
+    for n in (1200, 4800):
+        for c in (64, 256):
+            shapes[f"b16_n{n}_c{c}"] = dict(B=16, N=n, c=c, iters=18)
     return KernelBench(
         name="ifb",
         shapes=shapes,
         make_inputs=_ifb_inputs,
-        impls=[
-            Impl("cuda kernel", _ifb_call(ifb), _kernel_unavailable("_ifb_cuda")),
-            Impl("pytorch reference", _ifb_call(reference.ifb)),
-        ],
+        split=_ifb_split,
         flops=_ifb_flops,
-        reference=_ifb_call(reference.ifb),
+        extra=[compiled_reference_impl("ifb")],
         description="TPIM Iterative Fusion Block (eq. 6-8)",
     )
 
 
-# --------------------------------------------------------------------------- hdc_conv (default)
+# --------------------------------------------------------------------------- hdc_conv
 def _hdc_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
                 gen: torch.Generator) -> dict[str, Any]:
     B, C, H, W, S = d["B"], d["C"], d["H"], d["W"], d["S"]
@@ -619,12 +549,9 @@ def _hdc_inputs(d: dict[str, int], dtype: torch.dtype, device: torch.device,
     }
 
 
-def _hdc_call(fn: Callable[..., Tensor]) -> Callable[[dict[str, Any]], Tensor]:
-    def run(x: dict[str, Any]) -> Tensor:
-        return fn(x["x"], x["dw_weights"], x["dw_biases"], x["pw_weights"], x["pw_biases"],
-                  dilations=x["dilations"])
-
-    return run
+def _hdc_split(x: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return ((x["x"], x["dw_weights"], x["dw_biases"], x["pw_weights"], x["pw_biases"]),
+            {"dilations": tuple(x["dilations"])})
 
 
 def _hdc_flops(d: dict[str, int], backward: bool) -> float:
@@ -634,24 +561,22 @@ def _hdc_flops(d: dict[str, int], backward: bool) -> float:
 
 
 def _make_hdc_bench() -> KernelBench:
-    from mtlkit.ops import hdc_conv, reference
-
     shapes = {
         "small": dict(B=1, C=16, H=16, W=16, S=3),
         # TFR at stride 4 of NYUD 480x640 (120x160), 64 channels, one HDC layer (3 stages)
         "nyud": dict(B=4, C=64, H=120, W=160, S=3),
         "pascal": dict(B=4, C=64, H=128, W=128, S=3),
     }
+    # The issue-7 performance targets: B = 8, C = 256, 60x80 and 120x160, one HDC layer.
+    shapes["b8_c256_60x80"] = dict(B=8, C=256, H=60, W=80, S=3)
+    shapes["b8_c256_120x160"] = dict(B=8, C=256, H=120, W=160, S=3)
     return KernelBench(
         name="hdc_conv",
         shapes=shapes,
         make_inputs=_hdc_inputs,
-        impls=[
-            Impl("cuda kernel", _hdc_call(hdc_conv), _kernel_unavailable("_hdc_cuda")),
-            Impl("pytorch reference", _hdc_call(reference.hdc_conv)),
-        ],
+        split=_hdc_split,
         flops=_hdc_flops,
-        reference=_hdc_call(reference.hdc_conv),
+        extra=[compiled_reference_impl("hdc_conv")],
         description="BFCI TFR hybrid dilated depthwise-separable conv stack (HDC)",
     )
 
@@ -661,31 +586,47 @@ for _make in (_make_bfe_bench, _make_tpp_bench, _make_ifb_bench, _make_hdc_bench
 
 
 # --------------------------------------------------------------------------- reporting
-def results_table(results: Sequence[Result], title: str | None = None) -> Any:
-    """A rich Table of results."""
-    from rich.table import Table
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                 right: Sequence[str] = ()) -> str:
+    """A plain-text table, each column as wide as its widest cell (never cut to a terminal).
 
-    def fmt(v: float | None, spec: str) -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    ``right``: headers of the right-aligned (numeric) columns.
+    """
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
+    def line(r: list[str]) -> str:
+        parts = [c.rjust(w) if h in right else c.ljust(w)
+                 for c, w, h in zip(r, widths, headers, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def results_table(results: Sequence[Result], title: str | None = None) -> str:
+    """The rows of :func:`profile_kernel` as a plain-text table under a title line."""
     first = results[0] if results else None
     if title is None and first is not None:
         mode = "fwd+bwd" if first.backward else "fwd"
         title = f"{first.kernel} ({first.shape}, {first.dtype}, {mode}) on {first.device}"
-    table = Table(title=title)
-    for col in ("implementation", "median ms", "TFLOP/s", "GB/s", "% roofline", "max rel err",
-                "peak MiB", "speed-up", "note"):
-        table.add_column(col, justify="left" if col in ("implementation", "note") else "right")
-    for r in results:
-        table.add_row(r.impl, fmt(r.median_ms, ".3f"), fmt(r.tflops, ".2f"), fmt(r.gbps, ".1f"),
-                      fmt(r.roofline_pct, ".1f"), fmt(r.max_rel_err, ".2e"),
-                      fmt(r.peak_mib, ".1f"), fmt(r.speedup_vs_best_pytorch, ".2f") + "x"
-                      if r.speedup_vs_best_pytorch else "-", r.note)
-    return table
+    headers = ["implementation", "auto", "median ms", "TFLOP/s", "GB/s", "% roofline",
+               "max rel err", "peak MiB", "speed-up", "note"]
+    rows = [[r.impl, "<- auto" if r.auto else "", _fmt(r.median_ms, ".3f"),
+             _fmt(r.tflops, ".2f"), _fmt(r.gbps, ".1f"), _fmt(r.roofline_pct, ".1f"),
+             _fmt(r.max_rel_err, ".2e"), _fmt(r.peak_mib, ".1f"),
+             _fmt(r.speedup_vs_best_pytorch, ".2f") + "x" if r.speedup_vs_best_pytorch else "-",
+             r.note] for r in results]
+    body = format_table(headers, rows, right=headers[2:9])
+    return f"{title}\n{body}" if title else body
 
 
 def environment() -> dict[str, Any]:
-    """Device, versions and date for a results file."""
+    """Device, versions, implementation settings and date for a results file."""
     import datetime
     import subprocess
 
@@ -704,6 +645,9 @@ def environment() -> dict[str, Any]:
         "has_cuda_ops": ops.HAS_CUDA_OPS,
         "cuda_ops_error": ops.CUDA_OPS_ERROR,
         "kernels_enabled": ops.kernels_enabled(),
+        "MTLKIT_IMPL": os.environ.get("MTLKIT_IMPL"),
+        "MTLKIT_TUNE": os.environ.get("MTLKIT_TUNE"),
+        "tuning_cache": str(ops.tuning.cache_path()),
         "commit": commit,
         "roofline": {"peak_tflops": {str(k).removeprefix("torch."): v
                                      for k, v in H100_PEAK_TFLOPS.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``$MTLKIT_CACHE`` in a temporary folder for the whole session: the ops' ``auto`` policy
+    caches its measured choices there (mtlkit.ops.tuning), never in the user's cache."""
+    old = os.environ.get("MTLKIT_CACHE")
+    os.environ["MTLKIT_CACHE"] = str(tmp_path_factory.mktemp("mtlkit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MTLKIT_CACHE", None)
+    else:
+        os.environ["MTLKIT_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

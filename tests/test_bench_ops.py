@@ -49,5 +49,9 @@ def test_bench_ops_skips_presets_of_other_ops(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert {(r["kernel"], r["shape"]) for r in rows} == {("ifb", "small"),
                                                           ("tpp_attention", "small")}
-    ref = [r for r in rows if r["impl"] == "pytorch reference"]
+    ref = [r for r in rows if r["impl"] == "reference"]
     assert ref and all(r["median_ms"] > 0 and r["max_rel_err"] < 1e-5 for r in ref)
+    # one row per implementation name, the auto choice marked once per table
+    tpp = [r["impl"] for r in rows if r["kernel"] == "tpp_attention"]
+    assert tpp == ["reference", "sdpa", "cuda", "cuda_tc"]
+    assert sum(r["auto"] for r in rows if r["kernel"] == "tpp_attention") == 1

@@ -7,47 +7,55 @@
 - ``hdc_conv(x, dw_weights, dw_biases, pw_weights, pw_biases, *, dilations=(1, 2, 5))`` BFCI TFR
   hybrid dilated depthwise-separable stack (eq. 7).
 
-Each op validates its arguments (``ValueError`` naming the argument and the expected shape), casts
-its tensors to one dtype (the autocast dtype inside autocast, else the promoted dtype), then runs
-the CUDA kernel when :func:`kernels_enabled` is true, every tensor is on a CUDA device and the
-dtype is float32/bfloat16/float16; otherwise it runs the reference of
-:mod:`mtlkit.ops.reference`. ``MTLKIT_KERNELS=0`` forces the reference everywhere (read per call).
+Each op validates its arguments (``ValueError`` naming the argument and the expected shape),
+casts its tensors to one dtype (the autocast dtype inside autocast, else the promoted dtype),
+then runs one of its named implementations (:mod:`mtlkit.ops.impls`):
 
-Pattern for the CUDA glue of an op ``<op>`` (``mtlkit/ops/bfe.py``, ``tpp.py``, ``ifb.py``,
-``hdc.py``), which this module imports inside ``try/except ImportError``:
+- ``bfe_attention``: ``reference``, ``sdpa``, ``cuda``, ``cuda_tc``;
+- ``tpp_attention``: ``reference``, ``sdpa``, ``cuda``, ``cuda_tc``;
+- ``ifb``: ``reference``, ``cuda``;
+- ``hdc_conv``: ``reference``, ``cuda``, ``cuda_band``.
+
+Which one: :func:`use` (context manager) over ``MTLKIT_IMPL="op=name,..."`` over ``auto``, the
+default, which measures the usable candidates on the first call of each shape bucket and keeps
+the fastest whose result matches ``reference`` (:mod:`mtlkit.ops.tuning`; ``MTLKIT_TUNE=0``: a
+static table instead). :func:`implementations` lists the names usable on a device.
+``MTLKIT_KERNELS=0`` (read per call) rules out every CUDA kernel of mtlkit.
+
+Pattern for the CUDA glue of an op (``mtlkit/ops/bfe.py``, ``tpp.py``, ``ifb.py``, ``hdc.py``),
+which :mod:`mtlkit.ops.impls` imports inside ``try/except``:
 
 1. C++: schemas ``mtlkit::<op>`` and ``mtlkit::<op>_backward`` in ``csrc/`` with
    ``TORCH_LIBRARY`` (register.cpp) or ``TORCH_LIBRARY_FRAGMENT(mtlkit, m)`` (other files), CUDA
-   kernels with ``TORCH_LIBRARY_IMPL(mtlkit, CUDA, m)``. Tensor lists / optional tensors as
-   ``Tensor[]`` / ``Tensor?`` in the schema.
+   kernels with ``TORCH_LIBRARY_IMPL(mtlkit, CUDA, m)``. Kernel variants are schema arguments
+   (``core``, ``depthwise``) that the forward passes on to the backward, never environment
+   variables.
 2. Python module ``mtlkit/ops/<module>.py``: ``from mtlkit.ops._loader import HAS_CUDA_OPS``;
-   under ``if HAS_CUDA_OPS:`` call ``torch.library.register_fake("mtlkit::<op>")`` for every op
-   (forward and backward) and ``torch.library.register_autograd("mtlkit::<op>", backward,
-   setup_context=...)`` where ``backward`` calls ``torch.ops.mtlkit.<op>_backward``.
-3. The module defines ``<op>_cuda(...)`` with exactly the public signature (same names, order,
-   keyword-only args). It receives validated arguments, all CUDA tensors of one dtype in
-   {float32, bfloat16, float16}, and returns the op's output through ``torch.ops.mtlkit.<op>``.
-   It may define ``<op>_cuda_supported(...) -> bool`` (same signature) to decline arguments its
-   kernel does not handle (e.g. too large a head dim); the reference then runs.
-   Names: ``bfe_attention_cuda``, ``tpp_attention_cuda``, ``ifb_cuda``, ``hdc_conv_cuda``.
-4. Optionally define ``make_bench() -> mtlkit.profiling.KernelBench`` in the glue module (import
-   ``mtlkit.profiling`` inside that function, not at module level, to avoid an import cycle);
-   ``mtlkit profile`` then uses it instead of its built-in bench for the op.
+   under ``if HAS_CUDA_OPS:`` ``torch.library.register_fake`` for every op and
+   ``torch.library.register_autograd`` for the forward.
+3. One function per implementation with exactly the public signature (``bfe_attention_cuda``,
+   ``bfe_attention_cuda_tc``, ...), receiving validated CUDA tensors of one dtype in {float32,
+   bfloat16, float16}, and a ``<function>_declines(...) -> str | None`` saying why it cannot
+   take particular arguments; :mod:`mtlkit.ops.impls` registers them under their names.
+
+``mtlkit.ops`` imports nothing from :mod:`mtlkit.profiling` (which builds its benchmark rows from
+these implementation names).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mtlkit.ops import reference
+from mtlkit.ops import dispatch, reference, tuning
+from mtlkit.ops._errors import ImplementationDeclined
 from mtlkit.ops._loader import CUDA_OPS_ERROR, HAS_CUDA_OPS
+from mtlkit.ops.dispatch import use
+from mtlkit.ops.impls import GLUE_ERRORS, KERNEL_DTYPES, OPS, implementations
 from mtlkit.ops.reference import check_bfe_args, check_hdc_args, check_ifb_args, check_tpp_args
 
 __all__ = [
@@ -55,49 +63,18 @@ __all__ = [
     "ifb",
     "tpp_attention",
     "hdc_conv",
+    "implementations",
+    "use",
+    "OPS",
     "HAS_CUDA_OPS",
     "CUDA_OPS_ERROR",
+    "GLUE_ERRORS",
+    "KERNEL_DTYPES",
+    "ImplementationDeclined",
     "kernels_enabled",
     "reference",
+    "tuning",
 ]
-
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-"""Dtypes the CUDA kernels accept; other dtypes (float64) use the reference."""
-
-
-GLUE_ERRORS: dict[str, str] = {}
-"""Glue modules that failed to import (e.g. an extension built without their sources): why."""
-
-
-def _optional(module: str, name: str) -> Callable[..., Any] | None:
-    """``mtlkit.ops.<module>.<name>`` or None when the glue module or the name is missing.
-
-    A glue module that fails for another reason (say, registering a fake kernel for an op the
-    compiled extension lacks) must not break ``import mtlkit.ops``: the op then uses its
-    reference, and the reason is kept in :data:`GLUE_ERRORS` and emitted as a warning.
-    """
-    try:
-        mod = importlib.import_module(f"mtlkit.ops.{module}")
-    except ImportError as exc:
-        if exc.name != f"mtlkit.ops.{module}":  # the module exists but an import inside failed
-            GLUE_ERRORS[module] = f"{type(exc).__name__}: {exc}"
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "no kernel", never a crash
-        GLUE_ERRORS[module] = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"mtlkit.ops.{module} failed to load ({exc}); using the PyTorch "
-                      "reference for its op", RuntimeWarning, stacklevel=2)
-        return None
-    return getattr(mod, name, None)
-
-
-_bfe_cuda = _optional("bfe", "bfe_attention_cuda")
-_bfe_supported = _optional("bfe", "bfe_attention_cuda_supported")
-_tpp_cuda = _optional("tpp", "tpp_attention_cuda")
-_tpp_supported = _optional("tpp", "tpp_attention_cuda_supported")
-_ifb_cuda = _optional("ifb", "ifb_cuda")
-_ifb_supported = _optional("ifb", "ifb_cuda_supported")
-_hdc_cuda = _optional("hdc", "hdc_conv_cuda")
-_hdc_supported = _optional("hdc", "hdc_conv_cuda_supported")
 
 
 def kernels_enabled() -> bool:
@@ -133,12 +110,6 @@ def _cast(x: Any, dtype: torch.dtype) -> Any:
     return x
 
 
-def _use_kernel(fn: Callable[..., Any] | None, tensors: Sequence[Tensor],
-                dtype: torch.dtype) -> bool:
-    return (fn is not None and kernels_enabled() and dtype in KERNEL_DTYPES
-            and all(t.is_cuda for t in tensors))
-
-
 def bfe_attention(q: Tensor, feats: Tensor, k_weight: Tensor, v_weight: Tensor,
                   k_bias: Tensor | None = None, v_bias: Tensor | None = None, *, pool: int,
                   heads: int) -> Tensor:
@@ -153,10 +124,7 @@ def bfe_attention(q: Tensor, feats: Tensor, k_weight: Tensor, v_weight: Tensor,
     q, feats, k_weight, v_weight, k_bias, v_bias = (
         _cast(t, dtype) for t in (q, feats, k_weight, v_weight, k_bias, v_bias))
     args = (q, feats, k_weight, v_weight, k_bias, v_bias)
-    if _use_kernel(_bfe_cuda, ts, dtype) and (
-            _bfe_supported is None or _bfe_supported(*args, pool=pool, heads=heads)):
-        return _bfe_cuda(*args, pool=pool, heads=heads)
-    return reference.bfe_attention(*args, pool=pool, heads=heads)
+    return dispatch.call("bfe_attention", args, {"pool": pool, "heads": heads})
 
 
 def tpp_attention(q: Tensor, k: Tensor, v: Tensor, mix_weight: Tensor,
@@ -170,9 +138,7 @@ def tpp_attention(q: Tensor, k: Tensor, v: Tensor, mix_weight: Tensor,
     ts = _tensors(q, k, v, mix_weight, mix_bias)
     dtype = _common_dtype(ts)
     args = tuple(_cast(t, dtype) for t in (q, k, v, mix_weight, mix_bias))
-    if _use_kernel(_tpp_cuda, ts, dtype) and (_tpp_supported is None or _tpp_supported(*args)):
-        return _tpp_cuda(*args)
-    return reference.tpp_attention(*args)
+    return dispatch.call("tpp_attention", args, {})
 
 
 def ifb(affinity: Tensor, v: Tensor, alpha: Tensor | float, *, iters: int,
@@ -186,11 +152,7 @@ def ifb(affinity: Tensor, v: Tensor, alpha: Tensor | float, *, iters: int,
     ts = _tensors(affinity, v)
     dtype = _common_dtype(ts)
     affinity, v = _cast(affinity, dtype), _cast(v, dtype)
-    if _use_kernel(_ifb_cuda, _tensors(affinity, v, alpha), dtype) and (
-            _ifb_supported is None
-            or _ifb_supported(affinity, v, alpha, iters=iters, variant=variant)):
-        return _ifb_cuda(affinity, v, alpha, iters=iters, variant=variant)
-    return reference.ifb(affinity, v, alpha, iters=iters, variant=variant)
+    return dispatch.call("ifb", (affinity, v, alpha), {"iters": iters, "variant": variant})
 
 
 def hdc_conv(x: Tensor, dw_weights: Sequence[Tensor], dw_biases: Sequence[Tensor | None] | None,
@@ -209,7 +171,4 @@ def hdc_conv(x: Tensor, dw_weights: Sequence[Tensor], dw_biases: Sequence[Tensor
     dw_biases, pw_biases = _cast(dw_biases, dtype), _cast(pw_biases, dtype)
     dilations = tuple(dilations)
     args = (x, dw_weights, dw_biases, pw_weights, pw_biases)
-    if _use_kernel(_hdc_cuda, ts, dtype) and (
-            _hdc_supported is None or _hdc_supported(*args, dilations=dilations)):
-        return _hdc_cuda(*args, dilations=dilations)
-    return reference.hdc_conv(*args, dilations=dilations)
+    return dispatch.call("hdc_conv", args, {"dilations": dilations})

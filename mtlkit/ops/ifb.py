@@ -6,7 +6,7 @@ With ``V_0 = v`` and ``C = affinity`` the op iterates ``V_{k+1} = a C V_k + b V_
 
 Registers, when the extension is loaded, the fake (meta) kernels of ``mtlkit::ifb`` and
 ``mtlkit::ifb_backward`` and the autograd formula linking them, and defines :func:`ifb_cuda`,
-which :mod:`mtlkit.ops` calls for validated CUDA inputs of one dtype.
+the implementation ``cuda`` that :mod:`mtlkit.ops` runs on validated CUDA inputs of one dtype.
 
 Op schemas (csrc/ifb.cu)::
 
@@ -46,11 +46,22 @@ def _alpha_tensor(alpha: Tensor | float, v: Tensor) -> Tensor:
     return torch.full((), float(alpha), dtype=torch.float32, device=v.device)
 
 
+def ifb_cuda_declines(affinity: Tensor, v: Tensor, alpha: Tensor | float, *, iters: int,
+                      variant: str = "C") -> str | None:
+    """Why the kernel cannot take these (validated) arguments (None when it can)."""
+    if affinity.shape[0] > MAX_BATCH:
+        return f"batch {affinity.shape[0]} is above {MAX_BATCH}"
+    if affinity.shape[1] > MAX_N:
+        return f"N = {affinity.shape[1]} is above {MAX_N}"
+    if iters * v.shape[2] >= 2**31:
+        return f"iters * c = {iters * v.shape[2]} does not fit in int32"
+    return None
+
+
 def ifb_cuda_supported(affinity: Tensor, v: Tensor, alpha: Tensor | float, *, iters: int,
                        variant: str = "C") -> bool:
-    """Whether the kernel handles these (validated) arguments; else the reference runs."""
-    return (affinity.shape[0] <= MAX_BATCH and affinity.shape[1] <= MAX_N
-            and iters * v.shape[2] < 2**31)
+    """Whether the kernel takes these (validated) arguments."""
+    return ifb_cuda_declines(affinity, v, alpha, iters=iters, variant=variant) is None
 
 
 def ifb_cuda(affinity: Tensor, v: Tensor, alpha: Tensor | float, *, iters: int,
@@ -105,45 +116,3 @@ if HAS_CUDA_OPS:
     torch.library.register_fake("mtlkit::ifb")(_fake_forward)
     torch.library.register_fake("mtlkit::ifb_backward")(_fake_backward)
     torch.library.register_autograd("mtlkit::ifb", _backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------- profiling
-def ifb_baddbmm_loop(affinity: Tensor, v: Tensor, alpha: Tensor | float, *, iters: int,
-                     variant: str = "C") -> Tensor:
-    """Stock-PyTorch baseline of TPIM eq. 6-8: one ``torch.baddbmm`` per iteration.
-
-    alpha is read once as a Python float (one host sync), so this baseline computes no gradient
-    for alpha (it does less backward work than the op).
-    """
-    a = float(alpha.detach()) if isinstance(alpha, Tensor) else float(alpha)
-    beta, scale = {"A": (0.0, 1.0), "B": (1.0, a), "C": (1.0 - a, a)}[variant]
-    out = v
-    for _ in range(iters):
-        out = torch.baddbmm(out, affinity, out, beta=beta, alpha=scale)
-    return out
-
-
-def make_bench() -> Any:
-    """The ``mtlkit profile --kernel ifb`` bench (replaces the built-in one).
-
-    Implementations: the CUDA kernel, the reference (a Python loop of ``@`` and blends), the
-    ``torch.baddbmm`` loop ("pytorch best", the speed-up baseline of issue 7) and
-    ``torch.compile`` of the reference (CUDA only). Shapes ``b16_n*_c*`` are the issue's
-    performance targets (B=16, N=1200/4800, c=64/256, 18 iterations, variant C).
-    """
-    from mtlkit import profiling as P
-    from mtlkit.ops import ifb, reference
-
-    base = P._make_ifb_bench()
-    shapes = dict(base.shapes)
-    for n in (1200, 4800):
-        for c in (64, 256):
-            shapes[f"b16_n{n}_c{c}"] = dict(B=16, N=n, c=c, iters=18)
-    base.shapes = shapes
-    base.impls = [
-        P.Impl("cuda kernel", P._ifb_call(ifb), P._kernel_unavailable("_ifb_cuda")),
-        P.Impl("pytorch reference", P._ifb_call(reference.ifb)),
-        P.Impl("pytorch best", P._ifb_call(ifb_baddbmm_loop)),
-        P.compiled_reference_impl(reference.ifb, P._ifb_call),
-    ]
-    return base

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import mtlkit.ops as ops
+from mtlkit.ops import bfe as glue
 from mtlkit.ops import reference
-from tests.ops._kernels import attn_core, cuda_kernels, rel_err, to64  # noqa: F401
+from tests.ops._kernels import attn_core, core_arg, cuda_kernels, rel_err, to64  # noqa: F401
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
@@ -50,6 +51,7 @@ CASES = [
 
 
 @pytest.mark.usefixtures("attn_core")
+@pytest.mark.filterwarnings("ignore:mtlkit.ops.bfe_attention")  # cuda_tc declining float32
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_backward_vs_float64(case, dtype):
@@ -92,13 +94,15 @@ def test_kernel_switch_and_fallback(monkeypatch):
     x = make_inputs(1, 20, 2, 8, 4, 4, 32, 2, torch.float32)
     args = list(x.values())
     a = ops.bfe_attention(*args, pool=2, heads=2)
-    monkeypatch.setenv("MTLKIT_KERNELS", "0")
-    b = ops.bfe_attention(*args, pool=2, heads=2)
+    monkeypatch.setenv("MTLKIT_KERNELS", "0")  # the cuda request falls back (one warning)
+    with pytest.warns(RuntimeWarning, match="MTLKIT_KERNELS=0"):
+        b = ops.bfe_attention(*args, pool=2, heads=2)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     monkeypatch.setenv("MTLKIT_KERNELS", "1")
-    # head dim 160 > 128: the public op falls back to the reference
+    # head dim 160 > 128: the kernel declines, a stock implementation runs, with a warning
     y = make_inputs(1, 5, 1, 8, 2, 2, 160, 2, torch.float32)
-    out = ops.bfe_attention(*y.values(), pool=2, heads=1)
+    with pytest.warns(RuntimeWarning, match="head dim 160"):
+        out = ops.bfe_attention(*y.values(), pool=2, heads=1)
     assert out.shape == (1, 5, 160)
 
 
@@ -112,16 +116,18 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(out, ops.bfe_attention(q, *args, pool=2, heads=2))
 
 
-@pytest.mark.usefixtures("attn_core")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck(dtype):
+def test_opcheck(dtype, attn_core):  # noqa: F811 (the fixture)
     x = make_inputs(2, 37, 3, 8, 8, 4, 32, 2, dtype)
+    core = core_arg(attn_core, glue.bfe_attention_cuda_tc_declines(*x.values(), pool=2, heads=2))
     torch.library.opcheck(torch.ops.mtlkit.bfe_attention.default,
                           (x["q"], x["feats"], x["k_weight"], x["v_weight"], x["k_bias"],
-                           x["v_bias"], 2, 2))
+                           x["v_bias"], 2, 2, core))
     y = make_inputs(1, 9, 1, 8, 4, 4, 16, 1, dtype, bias=False)
+    core = core_arg(attn_core, glue.bfe_attention_cuda_tc_declines(*y.values(), pool=2, heads=1))
     torch.library.opcheck(torch.ops.mtlkit.bfe_attention.default,
-                          (y["q"], y["feats"], y["k_weight"], y["v_weight"], None, None, 2, 1))
+                          (y["q"], y["feats"], y["k_weight"], y["v_weight"], None, None, 2, 1,
+                           core))
 
 
 def test_peak_memory_linear_in_n():
@@ -144,24 +150,34 @@ def test_peak_memory_linear_in_n():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_tensor_core_core_is_used_and_agrees(monkeypatch, dtype):
-    """MTLKIT_ATTN_CORE=tc really switches kernels (16-bit results differ in the last bits: the
-    tensor-core path rounds P and dS to 16 bits) and agrees with the CUDA-core kernels."""
+def test_tensor_core_core_is_used_and_agrees(dtype):
+    """``cuda_tc`` really switches kernels (16-bit results differ in the last bits: the
+    tensor-core path rounds P and dS to 16 bits) and agrees with ``cuda``."""
     x = make_inputs(2, 150, 3, 16, 12, 20, 128, 2, 2, dtype)  # head dim 64, Nk = 180
     grad = torch.randn(2, 150, 128, generator=torch.Generator().manual_seed(2)).cuda()
     results = {}
-    for core in ("simt", "tc"):
-        monkeypatch.setenv("MTLKIT_ATTN_CORE", core)
-        results[core] = run(ops.bfe_attention, x, 2, 2, grad)
-    (o_s, g_s), (o_t, g_t) = results["simt"], results["tc"]
+    for impl in ("cuda", "cuda_tc"):
+        with ops.use(bfe_attention=impl):
+            results[impl] = run(ops.bfe_attention, x, 2, 2, grad)
+    (o_s, g_s), (o_t, g_t) = results["cuda"], results["cuda_tc"]
     assert not torch.equal(o_s, o_t)
     assert rel_err(o_t, o_s) < 2e-2
     for a, b in zip(g_t, g_s, strict=True):
         assert rel_err(a, b) < 3e-2
 
 
-def test_attention_core_switch_rejects_unknown_values(monkeypatch):
+def test_core_argument_is_checked_and_tc_declines_loudly():
+    """The op's core argument: an unknown value is an error naming it; core="tc" on a problem
+    the tensor-core kernels cannot take (float32) is an error, never a silent fallback, and the
+    public op turns it into a warning and the CUDA-core kernels."""
     x = make_inputs(1, 8, 1, 8, 4, 4, 32, 2, torch.bfloat16)
-    monkeypatch.setenv("MTLKIT_ATTN_CORE", "wgmma")
-    with pytest.raises(RuntimeError, match="MTLKIT_ATTN_CORE"):
-        ops.bfe_attention(*x.values(), pool=2, heads=2)
+    args = (*x.values(), 2, 2)
+    with pytest.raises(RuntimeError, match="core must be 'simt'"):
+        torch.ops.mtlkit.bfe_attention(*args, "wgmma")
+    y = make_inputs(1, 8, 1, 8, 4, 4, 32, 2, torch.float32)
+    with pytest.raises(RuntimeError, match="core='tc' declined"):
+        torch.ops.mtlkit.bfe_attention(*y.values(), 2, 2, "tc")
+    with ops.use(bfe_attention="cuda_tc"), pytest.warns(RuntimeWarning, match="cuda_tc"):
+        out = ops.bfe_attention(*y.values(), pool=2, heads=2)
+    with ops.use(bfe_attention="cuda"):
+        torch.testing.assert_close(out, ops.bfe_attention(*y.values(), pool=2, heads=2))

@@ -76,9 +76,10 @@ CASES = [
 ]
 
 
-# MTLKIT_HDC_DW: the depthwise backward kernels (one pixel per thread, or row bands staged in
-# shared memory); read by hdc_stage_backward on every call.
+# The depthwise backward kernels (one pixel per thread, or row bands staged in shared memory):
+# the ops' `depthwise` argument, i.e. the implementations `cuda` and `cuda_band`.
 DW_IMPLS = ["pixel", "band"]
+IMPL = {"pixel": "cuda", "band": "cuda_band"}
 
 
 @pytest.mark.parametrize("dw_impl", DW_IMPLS)
@@ -86,7 +87,7 @@ DW_IMPLS = ["pixel", "band"]
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_backward_vs_float64(case, dtype, bias, dw_impl, monkeypatch):
-    monkeypatch.setenv("MTLKIT_HDC_DW", dw_impl)
+    monkeypatch.setenv("MTLKIT_IMPL", f"hdc_conv={IMPL[dw_impl]}")
     B, chans, H, W, dil = case
     p = make_inputs(B, chans, H, W, dtype, bias=bias)
     # the truth sees the same dtype-rounded grad_out as the kernel
@@ -127,7 +128,9 @@ def test_kernel_switch(monkeypatch):
     args = (p["x"], p["dw"], p["db"], p["pw"], p["pb"])
     a = ops.hdc_conv(*args, dilations=(1, 2))
     monkeypatch.setenv("MTLKIT_KERNELS", "0")
-    torch.testing.assert_close(a, ops.hdc_conv(*args, dilations=(1, 2)), rtol=1e-4, atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="MTLKIT_KERNELS=0"):
+        b = ops.hdc_conv(*args, dilations=(1, 2))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_depthwise_output_never_materialised():
@@ -145,16 +148,18 @@ def test_depthwise_output_never_materialised():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck(dtype, bias):
+@pytest.mark.parametrize("dw_impl", DW_IMPLS)
+def test_opcheck(dtype, bias, dw_impl):
     p = make_inputs(2, [12, 20], 7, 11, dtype, bias=bias)
     for d in (1, 5):
         torch.library.opcheck(torch.ops.mtlkit.hdc_stage.default,
-                              (p["x"], p["dw"][0], p["db"][0], p["pw"][0], p["pb"][0], d))
+                              (p["x"], p["dw"][0], p["db"][0], p["pw"][0], p["pb"][0], d,
+                               dw_impl))
 
 
 @pytest.mark.parametrize("dw_impl", DW_IMPLS)
 def test_torch_compile(dw_impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MTLKIT_HDC_DW", dw_impl)
+    monkeypatch.setenv("MTLKIT_IMPL", f"hdc_conv={IMPL[dw_impl]}")
     p = make_inputs(1, [16, 16, 16], 10, 12, torch.float32)
 
     def f(x, dw, db, pw, pb):
@@ -185,17 +190,15 @@ BAND_CASES = [
 ]
 
 
-def stage_backward(dw_impl: str, args: tuple, monkeypatch: pytest.MonkeyPatch) -> list:
-    """torch.ops.mtlkit.hdc_stage_backward(*args) with MTLKIT_HDC_DW = dw_impl."""
-    monkeypatch.setenv("MTLKIT_HDC_DW", dw_impl)
-    return list(torch.ops.mtlkit.hdc_stage_backward(*args))
+def stage_backward(dw_impl: str, args: tuple) -> list:
+    """torch.ops.mtlkit.hdc_stage_backward(*args, depthwise=dw_impl)."""
+    return list(torch.ops.mtlkit.hdc_stage_backward(*args, dw_impl))
 
 
 @pytest.mark.parametrize("misaligned", [False, True])
 @pytest.mark.parametrize("case", BAND_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_band_matches_pixel(case: tuple, dtype: torch.dtype, misaligned: bool,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_band_matches_pixel(case: tuple, dtype: torch.dtype, misaligned: bool) -> None:
     """The band kernels compute the pixel kernels' sums: y and gx in the same tap order, the
     depthwise weight/bias gradients over row bands instead of pixel chunks (another order).
     ``misaligned``: x starts 2 elements past a 16-byte boundary (no 16-byte loads)."""
@@ -211,8 +214,8 @@ def test_band_matches_pixel(case: tuple, dtype: torch.dtype, misaligned: bool,
     gen = torch.Generator().manual_seed(2)
     grad = torch.randn(out.shape, generator=gen).to(dtype).cuda()
     args = (grad, x, out, dw, db, pw, d)
-    ref = stage_backward("pixel", args, monkeypatch)
-    got = stage_backward("band", args, monkeypatch)
+    ref = stage_backward("pixel", args)
+    got = stage_backward("band", args)
     tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16: one rounding step of the dw grads
     names = ["grad_x", "grad_dw_weight", "grad_dw_bias", "grad_pw_weight", "grad_pw_bias"]
     for name, g, r in zip(names, got, ref, strict=True):
@@ -225,12 +228,29 @@ def test_band_matches_pixel(case: tuple, dtype: torch.dtype, misaligned: bool,
         assert rel_err(got[3], ref[3]) <= 1e-6
 
 
-def test_invalid_dw_impl_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An unknown MTLKIT_HDC_DW is an error naming the variable (not a silent default)."""
+def test_invalid_dw_impl_raises() -> None:
+    """An unknown `depthwise` value is an error naming the argument (not a silent default)."""
     p = make_inputs(1, [4, 6], 5, 7, torch.float32)
     x, dw, db, pw, pb = (t.detach() for t in (p["x"], p["dw"][0], p["db"][0], p["pw"][0],
                                               p["pb"][0]))
     out = torch.ops.mtlkit.hdc_stage(x, dw, db, pw, pb, 2)
-    monkeypatch.setenv("MTLKIT_HDC_DW", "bands")
-    with pytest.raises(RuntimeError, match="MTLKIT_HDC_DW"):
-        torch.ops.mtlkit.hdc_stage_backward(torch.ones_like(out), x, out, dw, db, pw, 2)
+    with pytest.raises(RuntimeError, match="depthwise must be 'pixel' or 'band'"):
+        torch.ops.mtlkit.hdc_stage_backward(torch.ones_like(out), x, out, dw, db, pw, 2, "bands")
+    with pytest.raises(RuntimeError, match="depthwise must be"):
+        torch.ops.mtlkit.hdc_stage(x, dw, db, pw, pb, 2, "bands")
+
+
+def test_band_declines_rows_wider_than_shared_memory() -> None:
+    """`cuda_band` declines (and the public op says so and runs `cuda`) where a row band cannot
+    be staged, instead of its backward silently running the pixel kernels."""
+    from mtlkit.ops import hdc as glue
+
+    p = make_inputs(1, [2, 2], 4, 30000, torch.float32)
+    args = (p["x"], p["dw"], p["db"], p["pw"], p["pb"])
+    assert "shared memory" in glue.hdc_conv_cuda_band_declines(*args, dilations=(5,))
+    assert glue.hdc_conv_cuda_band_declines(*(make_inputs(1, [2, 2], 60, 80, torch.float32)
+                                              .values()), dilations=(5,)) is None
+    with ops.use(hdc_conv="cuda_band"), pytest.warns(RuntimeWarning, match="shared memory"):
+        out = ops.hdc_conv(*args, dilations=(5,))
+    with ops.use(hdc_conv="cuda"):
+        torch.testing.assert_close(out, ops.hdc_conv(*args, dilations=(5,)))

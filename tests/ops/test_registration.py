@@ -23,10 +23,11 @@ import mtlkit.ops as ops  # noqa: E402  (registers fakes and autograd)
 
 FIXED = {
     "bfe_attention": "bfe_attention(Tensor q, Tensor feats, Tensor k_weight, Tensor v_weight, "
-                     "Tensor? k_bias, Tensor? v_bias, int pool, int heads) -> (Tensor, Tensor)",
+                     "Tensor? k_bias, Tensor? v_bias, int pool, int heads, "
+                     "str core=\"simt\") -> (Tensor, Tensor)",
     "bfe_attention_backward": None,
     "tpp_attention": "tpp_attention(Tensor q, Tensor k, Tensor v, Tensor mix_weight, "
-                     "Tensor? mix_bias) -> (Tensor, Tensor)",
+                     "Tensor? mix_bias, str core=\"simt\") -> (Tensor, Tensor)",
     "tpp_attention_backward": None,
 }
 # Ops of the kernels-II worker (csrc/ifb.cu, csrc/hdc_conv.cu): names start with these prefixes.
@@ -44,6 +45,20 @@ def _has_kernel(op: str, key: str) -> bool:
 
 def test_extension_flag():
     assert ops.HAS_CUDA_OPS and ops.CUDA_OPS_ERROR is None
+    assert ops.GLUE_ERRORS == {}  # e.g. an extension built from older sources
+
+
+@pytest.mark.parametrize("name,arg,default", [
+    ("bfe_attention", "core", "simt"), ("bfe_attention_backward", "core", "simt"),
+    ("tpp_attention", "core", "simt"), ("tpp_attention_backward", "core", "simt"),
+    ("hdc_stage", "depthwise", "pixel"), ("hdc_stage_backward", "depthwise", "pixel"),
+])
+def test_kernel_variants_are_schema_arguments(name, arg, default):
+    """The kernel variants (implementations cuda / cuda_tc, cuda / cuda_band) are arguments of
+    the ops, last and defaulted, not environment variables read in C++."""
+    schema = getattr(torch.ops.mtlkit, name).default._schema
+    last = schema.arguments[-1]
+    assert last.name == arg and str(last.type) == "str" and last.default_value == default
 
 
 @pytest.mark.parametrize("name", sorted(FIXED))
@@ -83,6 +98,8 @@ def test_bfe_fake_shapes():
                                                         2, 3)
         assert [g.shape for g in grads] == [q.shape, feats.shape, w.shape, w.shape, (12,),
                                             (12,)]
+        out, lse = torch.ops.mtlkit.bfe_attention(q, feats, w, w, b, None, 2, 3, "tc")
+        assert out.shape == (2, 7, 12) and lse.shape == (2, 3, 7)
 
 
 @pytest.mark.parametrize("M", [1, 3])
@@ -111,3 +128,34 @@ def test_opcheck_on_meta_tensors():
     for M in (1, 3):
         mw, mb = torch.randn(M, 3, **kw), torch.randn(M, **kw)
         torch.library.opcheck(torch.ops.mtlkit.tpp_attention.default, (qt, qt, vt, mw, mb))
+        torch.library.opcheck(torch.ops.mtlkit.tpp_attention.default,
+                              (qt, qt, vt, mw, mb, "tc"))
+    torch.library.opcheck(torch.ops.mtlkit.bfe_attention.default,
+                          (q, feats, w, w, b, None, 2, 3, "tc"))
+
+
+@pytest.mark.parametrize("core", ["simt", "tc"])  # (an id "cuda" would mark it a GPU test)
+def test_core_reaches_the_backward_on_meta(core, monkeypatch):
+    """The forward's core is saved for the backward (autograd wiring, meta tensors)."""
+    impl = {"simt": "cuda", "tc": "cuda_tc"}[core]
+    import mtlkit.ops.bfe as bfe_glue
+    import mtlkit.ops.tpp as tpp_glue
+
+    seen = []
+    real = torch.ops.mtlkit.bfe_attention_backward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(torch.ops.mtlkit, "bfe_attention_backward", spy)
+    kw = dict(device="meta", requires_grad=True)
+    q, feats = torch.randn(2, 7, 32, **kw), torch.randn(2, 3, 5, 8, 4, **kw)
+    w = torch.randn(32, 5, **kw)
+    fn = getattr(bfe_glue, "bfe_attention_" + impl)
+    fn(q, feats, w, w, None, None, pool=2, heads=2).sum().backward()
+    assert seen == [core] and q.grad.shape == q.shape
+    qt, vt = torch.randn(2, 3, 9, 16, **kw), torch.randn(2, 3, 9, 16, **kw)
+    mw = torch.randn(3, 3, **kw)
+    getattr(tpp_glue, "tpp_attention_" + impl)(qt, qt, vt, mw).sum().backward()
+    assert qt.grad.shape == qt.shape and mw.grad.shape == mw.shape

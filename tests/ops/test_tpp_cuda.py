@@ -11,7 +11,8 @@ import torch
 
 import mtlkit.ops as ops
 from mtlkit.ops import reference
-from tests.ops._kernels import attn_core, cuda_kernels, to64  # noqa: F401
+from mtlkit.ops import tpp as glue
+from tests.ops._kernels import attn_core, core_arg, cuda_kernels, to64  # noqa: F401
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("cuda_kernels")]
 
@@ -57,6 +58,7 @@ CASES = [
 
 
 @pytest.mark.usefixtures("attn_core")
+@pytest.mark.filterwarnings("ignore:mtlkit.ops.tpp_attention")  # cuda_tc declining a problem
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_backward_vs_float64(case, dtype):
@@ -92,18 +94,21 @@ def test_kernel_switch(monkeypatch):
     args = list(x.values())
     a = ops.tpp_attention(*args)
     monkeypatch.setenv("MTLKIT_KERNELS", "0")
-    torch.testing.assert_close(a, ops.tpp_attention(*args), rtol=1e-4, atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="MTLKIT_KERNELS=0"):
+        b = ops.tpp_attention(*args)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.usefixtures("attn_core")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("M", [1, 3])
-def test_opcheck(dtype, M):
-    x = make_inputs(2, 3, 37, 16, 24, M, dtype)
+@pytest.mark.parametrize("Dv", [24, 32])
+def test_opcheck(dtype, M, Dv, attn_core):  # noqa: F811 (the fixture)
+    x = make_inputs(2, 3, 37, 16, Dv, M, dtype)
+    core = core_arg(attn_core, glue.tpp_attention_cuda_tc_declines(*x.values()))
     torch.library.opcheck(torch.ops.mtlkit.tpp_attention.default,
-                          (x["q"], x["k"], x["v"], x["mix_weight"], x["mix_bias"]))
+                          (x["q"], x["k"], x["v"], x["mix_weight"], x["mix_bias"], core))
     torch.library.opcheck(torch.ops.mtlkit.tpp_attention.default,
-                          (x["q"], x["k"], x["v"], x["mix_weight"], None))
+                          (x["q"], x["k"], x["v"], x["mix_weight"], None, core))
 
 
 def test_peak_memory_linear_in_n():
