@@ -13,10 +13,12 @@ Pipeline (Fig. 1 right), with backbone features ``B_s: (B, Cb_s, H/r_s, W/r_s)``
    (two residual blocks ``N C -> N C / 4`` and a 1x1 conv back to ``N C``) -> split into ``N``
    chunks of ``C`` channels -> softmax over the task dimension -> multiply with the task features
    -> concat -> reduce ``N C -> C`` (residual block) = shared representation ``S``; per-task
-   squeeze-and-excitation ``F'_{k,s} = F_{k,s} + SE_k(S)`` (residual).
+   squeeze-and-excitation ``F'_{k,s} = F_{k,s} + SE_k(S)`` (residual), with hidden width
+   ``C // 16`` as MTL-PT's ``SEBlock`` (:class:`SqueezeExcitation`).
 3. Multi-modal distillation at every scale (eq. 1):
    ``F^o_{k,s} = F_{k,s} + sum_{l != k} sigmoid(W_{k,l,s} F_{l,s}) * (W'_{k,l,s} F_{l,s})``
-   for the main tasks ``k`` and all front-end tasks ``l``.
+   for the main tasks ``k`` and all front-end tasks ``l``; both 3x3 convs without bias, as
+   MTL-PT's ``SABlock``.
 4. Feature aggregation (Sec. 2.5): upsample ``F^o_{k,s}`` of all scales to 1/4, concatenate
    ``(B, sum_s C_s, H/4, W/4)``, decode with a per-task HRNet head (1x1 conv-BN-ReLU, 1x1 conv),
    upsample to the input size.
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.models.backbones import build_backbone
-from mtlkit.models.blocks import BasicResBlock, ConvBNReLU, SEBlock, upsample_to
+from mtlkit.models.blocks import BasicResBlock, ConvBNReLU, upsample_to
 from mtlkit.models.padnet import (
     BLOCKS,
     InitialTaskPredictions,
@@ -46,6 +48,28 @@ from mtlkit.models.padnet import (
     resolve_tasks,
 )
 from mtlkit.registry import ARCHS
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation as MTL-PT's ``SEBlock`` (Hu et al.):
+    ``x * sigmoid(W2 ReLU(W1 mean_hw(x)))`` with ``W1: C -> C // reduction``.
+
+    ``x: (B, C, h, w) -> (B, C, h, w)``. The hidden width is ``C // reduction`` (MTL-PT; 2, 4, 9
+    at HRNet-18's FPM scales 36, 72, 144 channels), floored at 1 for toy widths below
+    ``reduction`` where MTL-PT's would be empty.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.hidden = max(channels // reduction, 1)
+        self.squeeze = nn.Sequential(
+            nn.Linear(channels, self.hidden), nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, channels), nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.squeeze(x.mean(dim=(2, 3)))  # (B, C)
+        return x * scale[:, :, None, None]
 
 
 class FeaturePropagation(nn.Module):
@@ -65,7 +89,9 @@ class FeaturePropagation(nn.Module):
             BasicResBlock(nc, hidden), BasicResBlock(hidden, hidden), nn.Conv2d(hidden, nc, 1)
         )
         self.reduce = BasicResBlock(nc, channels)  # N*C -> C
-        self.se = nn.ModuleDict({t: SEBlock(channels, se_reduction) for t in self.tasks})
+        self.se = nn.ModuleDict(
+            {t: SqueezeExcitation(channels, se_reduction) for t in self.tasks}
+        )
 
     def shared(self, feats: dict[str, Tensor]) -> Tensor:
         """The shared representation ``S: (B, C, h, w)`` (feature harmonization)."""
@@ -184,8 +210,8 @@ def mtinet(tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None
     kwargs: ``channels`` (task-feature width per scale: a list of 4 (default [16, 24, 32, 48]),
     an int, or None = the backbone widths as in the paper), ``scales`` (1..4 scales from 1/4, 4),
     ``fpm`` (True), ``head_channels`` (hidden width of the aggregation heads, 64; None = sum of
-    the scale widths as in the paper), ``se_reduction``
-    (16), ``front_blocks`` (2), ``block`` ("basic"), ``aux_tasks`` (front-end-only tasks),
+    the scale widths as in the paper), ``se_reduction`` (16: SE hidden width C // 16, as MTL-PT),
+    ``front_blocks`` (2), ``block`` ("basic"), ``aux_tasks`` (front-end-only tasks),
     ``aux_channels`` ({aux task: out channels}, default from mtlkit.tasks).
     """
     check_kwargs("mtinet", MTINet.__init__, kwargs)

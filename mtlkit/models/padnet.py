@@ -3,13 +3,17 @@
 The MTI-Net paper (papers/004) uses PAD-Net (Xu et al.) as the single-scale special case of its
 model (Table 3, "1/4 (Pad-Net)"; Fig. 1 left). mtlkit's ``padnet``:
 
-1. backbone -> 4 scales, fused at 1/4 as the HRNet head does (upsample to 1/4, concatenate;
-   optionally a 1x1 conv-BN-ReLU to ``fuse_channels``): ``x: (B, C_in, H/4, W/4)``;
+1. backbone -> 4 scales, fused at 1/4 by :class:`HighResolutionFuse` as MTL-PT's
+   ``HighResolutionFuse`` (``fuse_hrnet: True`` in its PAD-Net configs): upsample to 1/4,
+   concatenate, then a 1x1 conv-BN-ReLU (to ``fuse_channels``; None keeps the concatenated
+   width, 270 -> 270 on HRNet-18 as MTL-PT; ``fuse_conv=False`` concatenates only):
+   ``x: (B, C_in, H/4, W/4)``;
 2. initial (front-end) task predictions: per task two residual blocks -> task features
    ``F_k: (B, C, H/4, W/4)`` and a 1x1 conv -> initial prediction ``(B, C_k, H/4, W/4)``
    (deep supervision; auxiliary tasks are predicted only here);
 3. multi-modal distillation by spatial attention (MTI-Net eq. 1 at one scale):
-   ``F_k^o = F_k + sum_{l != k} sigmoid(W_{k,l} F_l) * (W'_{k,l} F_l)`` with 3x3 convs;
+   ``F_k^o = F_k + sum_{l != k} sigmoid(W_{k,l} F_l) * (W'_{k,l} F_l)`` with 3x3 convs without
+   bias (MTL-PT's ``SABlock``);
 4. final per-task prediction modules (residual blocks + 1x1 conv), upsampled to the input size.
 
 This module also holds the pieces :mod:`mtlkit.models.tpim` and :mod:`mtlkit.models.mtinet`
@@ -128,26 +132,45 @@ def fuse_scales(feats: Sequence[Tensor]) -> Tensor:
     return torch.cat([upsample_to(f, feats[0]) for f in feats], dim=1)
 
 
-class SharedExtractor(nn.Module):
-    """Backbone + HRNet-style fusion at 1/4 (+ optional 1x1 conv-BN-ReLU to ``fuse_channels``).
+class HighResolutionFuse(nn.Module):
+    """MTL-PT's HRNet pyramid fuse: :func:`fuse_scales`, then a 1x1 conv-BN-ReLU.
 
-    image (B, 3, H, W) -> (B, out_channels, H/4, W/4); ``out_channels = sum(backbone.channels)``
-    when ``fuse_channels`` is None (as in the papers), else ``fuse_channels``.
+    ``[(B, C_i, H_i, W_i)] -> (B, out_channels, H_0, W_0)``; ``out_channels`` None keeps
+    ``sum C_i`` (MTL-PT: 270 -> 270 on HRNet-18). ``conv=False``: concatenation only (then
+    ``out_channels`` must be None). MTL-PT's conv has a bias before the BN; it is redundant
+    there (the BN removes any constant), so the conv here has none.
     """
 
-    def __init__(self, backbone: str, pretrained: str | None, fuse_channels: int | None) -> None:
+    def __init__(self, in_channels: Sequence[int], out_channels: int | None = None,
+                 conv: bool = True) -> None:
+        super().__init__()
+        cin = sum(in_channels)
+        if not conv and out_channels is not None:
+            raise ConfigError(f"fuse_channels={out_channels} needs the fuse conv",
+                              "set fuse_conv: true, or fuse_channels: null to concatenate only")
+        self.out_channels = cin if out_channels is None else out_channels
+        self.conv: nn.Module = ConvBNReLU(cin, self.out_channels, 1) if conv else nn.Identity()
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        return self.conv(fuse_scales(feats))
+
+
+class SharedExtractor(nn.Module):
+    """Backbone + :class:`HighResolutionFuse` at 1/4.
+
+    image (B, 3, H, W) -> (B, out_channels, H/4, W/4); ``out_channels = fuse_channels``, or
+    ``sum(backbone.channels)`` when ``fuse_channels`` is None.
+    """
+
+    def __init__(self, backbone: str, pretrained: str | None, fuse_channels: int | None,
+                 fuse_conv: bool = True) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained=pretrained)
-        cin = sum(self.backbone.channels)
-        if fuse_channels is None:
-            self.reduce: nn.Module = nn.Identity()
-            self.out_channels = cin
-        else:
-            self.reduce = ConvBNReLU(cin, fuse_channels, 1)
-            self.out_channels = fuse_channels
+        self.fuse = HighResolutionFuse(self.backbone.channels, fuse_channels, fuse_conv)
+        self.out_channels = self.fuse.out_channels
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.reduce(fuse_scales(self.backbone(image)))
+        return self.fuse(self.backbone(image))
 
 
 class InitialTaskPredictions(nn.Module):
@@ -175,7 +198,8 @@ class SpatialAttentionDistillation(nn.Module):
     """Multi-modal distillation by spatial attention (MTI-Net eq. 1 at one scale; PAD-Net).
 
     ``F_k^o = F_k + sum_{l in sources, l != k} sigmoid(W_{k,l} F_l) * (W'_{k,l} F_l)``
-    for every target ``k``, with 3x3 convs ``W_{k,l}`` (with bias) and ``W'_{k,l}`` (no bias).
+    for every target ``k``, with 3x3 convs ``W_{k,l}`` and ``W'_{k,l}``, both without bias as
+    MTL-PT's ``SABlock`` (PAD-Net and MTI-Net).
     All convs reading the same source ``l`` are evaluated as one conv whose output channels are
     the concatenation of ``[W'_{k,l}; W_{k,l}]`` over its targets ``k`` (the same function, one
     kernel launch per source).
@@ -194,7 +218,7 @@ class SpatialAttentionDistillation(nn.Module):
         for s, ts in self.routes.items():
             if ts:
                 self.feat[s] = nn.Conv2d(channels, channels * len(ts), 3, padding=1, bias=False)
-                self.attn[s] = nn.Conv2d(channels, channels * len(ts), 3, padding=1)
+                self.attn[s] = nn.Conv2d(channels, channels * len(ts), 3, padding=1, bias=False)
 
     def messages(self, feats: dict[str, Tensor], source: str) -> dict[str, Tensor]:
         """``{k: sigmoid(W_{k,l} F_l) * (W'_{k,l} F_l)}`` for source ``l`` and its targets."""
@@ -239,9 +263,9 @@ class PADNet(nn.Module):
 
     def __init__(
         self, tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None = None, *,
-        channels: int = 16, fuse_channels: int | None = 32, front_blocks: int = 2,
-        head_blocks: int = 1, block: str = "basic", aux_tasks: Sequence[str] | None = None,
-        aux_channels: dict[str, int] | None = None,
+        channels: int = 16, fuse_channels: int | None = 32, fuse_conv: bool = True,
+        front_blocks: int = 2, head_blocks: int = 1, block: str = "basic",
+        aux_tasks: Sequence[str] | None = None, aux_channels: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         check_choice("block", block, BLOCKS)
@@ -249,7 +273,7 @@ class PADNet(nn.Module):
         self.tasks, self.front_tasks = resolve_tasks(tasks, aux_tasks, aux_channels)
         self.aux_tasks = [t for t in self.front_tasks if t not in self.tasks]
         self.aux_weight = 1.0
-        self.extractor = SharedExtractor(backbone, pretrained, fuse_channels)
+        self.extractor = SharedExtractor(backbone, pretrained, fuse_channels, fuse_conv)
         self.front = InitialTaskPredictions(
             self.extractor.out_channels, channels, self.front_tasks, front_blocks, block
         )
@@ -269,8 +293,9 @@ def padnet(tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None
            **kwargs: Any) -> nn.Module:
     """PAD-Net: 1/4-scale initial predictions + spatial-attention distillation (MTI-Net eq. 1).
 
-    kwargs: ``channels`` (task-feature width C, 16), ``fuse_channels`` (1x1 reduction of the
-    fused 1/4 features, 32; None keeps all backbone channels as the paper), ``front_blocks``
+    kwargs: ``channels`` (task-feature width C, 16), ``fuse_channels`` (output width of the 1x1
+    conv-BN-ReLU fusing the 1/4 features, 32; None keeps all backbone channels, as MTL-PT's
+    HighResolutionFuse), ``fuse_conv`` (True; False concatenates only), ``front_blocks``
     (residual blocks per front-end head, 2), ``head_blocks`` (residual blocks per final head, 1),
     ``block`` ("basic" | "bottleneck"), ``aux_tasks``, ``aux_channels``.
     """

@@ -3,8 +3,10 @@
 Pipeline (Fig. 1): shared extractor -> intermediate prediction modules (supervised) -> TPIM of
 ``N^2`` Cross-task Interaction Blocks (CIB) -> per-task aggregation -> final prediction modules.
 
-- Shared extractor: backbone, 4 scales fused at 1/4 HRNet-style (upsample + concatenate,
-  optional 1x1 reduction): ``x: (B, C_in, h, w)`` with ``h, w = H/4, W/4``.
+- Shared extractor: backbone, 4 scales fused at 1/4 as MTL-PT's ``HighResolutionFuse``
+  (upsample + concatenate + 1x1 conv-BN-ReLU, :class:`~mtlkit.models.padnet.HighResolutionFuse`;
+  the PAD-Net framework of MTL-PT the paper builds on): ``x: (B, C_in, h, w)`` with
+  ``h, w = H/4, W/4``.
 - Intermediate prediction module per task ``t`` (main and auxiliary): two residual blocks ->
   ``f_t: (B, C, h, w)`` and a 1x1 conv -> intermediate prediction (deep supervision; the paper
   reuses MTI-Net's loss scheme, so these losses weigh like the final ones: ``aux_weight = 1``).
@@ -157,7 +159,8 @@ class TPIMNet(nn.Module):
     def __init__(
         self, tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None = None, *,
         channels: int = 16, key_channels: int | None = None, fuse_channels: int | None = 32,
-        sc: int = 4, n_iter: int = 18, variant: str = "C", alpha_init: float = 0.3,
+        fuse_conv: bool = True, sc: int = 4, n_iter: int = 18, variant: str = "C",
+        alpha_init: float = 0.3,
         front_blocks: int = 2, head_blocks: int = 1, block: str = "basic",
         aux_tasks: Sequence[str] | None = None, aux_channels: dict[str, int] | None = None,
     ) -> None:
@@ -172,7 +175,7 @@ class TPIMNet(nn.Module):
         self.tasks, self.front_tasks = resolve_tasks(tasks, aux_tasks, aux_channels)
         self.aux_tasks = [t for t in self.front_tasks if t not in self.tasks]
         self.aux_weight = 1.0
-        self.extractor = SharedExtractor(backbone, pretrained, fuse_channels)
+        self.extractor = SharedExtractor(backbone, pretrained, fuse_channels, fuse_conv)
         self.front = InitialTaskPredictions(
             self.extractor.out_channels, channels, self.front_tasks, front_blocks, block
         )
@@ -195,7 +198,8 @@ def tpim(tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None =
     """TPIM: intermediate predictions + N^2 Cross-task Interaction Blocks with IFB (eq. 1-8).
 
     kwargs: ``channels`` (task-feature width C, 16), ``key_channels`` (Q/K width d, C/2),
-    ``fuse_channels`` (32; None keeps all backbone channels), ``sc`` (attention downscale, 4),
+    ``fuse_channels`` (width of the 1x1 fuse conv, 32; None keeps all backbone channels, as
+    MTL-PT), ``fuse_conv`` (True; False concatenates only), ``sc`` (attention downscale, 4),
     ``n_iter`` (IFB iterations, 18 = NYUD; PASCAL 4), ``variant`` ("A" | "B" | "C"),
     ``alpha_init`` (0.3), ``front_blocks`` (2), ``head_blocks`` (1), ``block``, ``aux_tasks``,
     ``aux_channels``.

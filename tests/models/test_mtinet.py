@@ -82,6 +82,28 @@ def test_fpm_harmonization_and_residual() -> None:
         torch.testing.assert_close(fpm.shared(feats), mask_b, atol=1e-5, rtol=1e-5)
 
 
+def test_se_and_distillation_as_mtlpt() -> None:
+    """MTL-PT: SE hidden width C // 16 (HRNet-18 FPM scales 36, 72, 144 -> 2, 4, 9), the SE
+    squeezes by the spatial mean only; distillation convs (SABlock) without bias."""
+    torch.manual_seed(0)
+    model = create_model("mtinet", {"semseg": 9, "depth": 1}, channels=[18, 36, 72, 144])
+    for s, hidden in [(1, 2), (2, 4), (3, 9)]:
+        for se in model.fpm[s].se.values():
+            assert se.hidden == hidden
+            w1, w2 = se.squeeze[0], se.squeeze[2]
+            assert (w1.in_features, w1.out_features, w2.out_features) == (
+                model.channels[s], hidden, model.channels[s])
+    se = model.fpm[1].se["semseg"]
+    x = torch.randn(2, 36, 5, 6)
+    with torch.no_grad():
+        w1, w2 = se.squeeze[0], se.squeeze[2]
+        gate = torch.sigmoid(w2(torch.relu(w1(x.mean(dim=(2, 3))))))
+        torch.testing.assert_close(se(x), x * gate[:, :, None, None])
+    assert create_model("mtinet", {"depth": 1}, channels=8).fpm[1].se["depth"].hidden == 1
+    for d in model.distill:
+        assert all(m.bias is None for m in [*d.attn.values(), *d.feat.values()])
+
+
 @pytest.mark.parametrize(("scales", "fpm"), [(1, True), (2, False), (3, True), (4, False)])
 def test_ablations(scales: int, fpm: bool) -> None:
     model = create_model("mtinet", {"semseg": 9, "depth": 1}, scales=scales, fpm=fpm, channels=8)

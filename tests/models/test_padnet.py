@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from mtlkit.config import load_config
 from mtlkit.errors import ConfigError
 from mtlkit.models import create_model
-from mtlkit.models.padnet import SpatialAttentionDistillation, resolve_tasks
+from mtlkit.models.padnet import (
+    HighResolutionFuse,
+    SharedExtractor,
+    SpatialAttentionDistillation,
+    fuse_scales,
+    resolve_tasks,
+)
 from tests.models._arch_helpers import (
     TASK_SETS,
     backward_reaches_every_parameter,
@@ -83,11 +89,12 @@ def test_distillation_matches_eq1() -> None:
                 j = mod.routes[s].index(k)
                 sl = slice(j * c, (j + 1) * c)
                 w_feat = mod.feat[s].weight[sl]
-                w_att, b_att = mod.attn[s].weight[sl], mod.attn[s].bias[sl]
-                att = torch.sigmoid(F.conv2d(feats[s], w_att, b_att, padding=1))
+                att = torch.sigmoid(F.conv2d(feats[s], mod.attn[s].weight[sl], padding=1))
                 want += att * F.conv2d(feats[s], w_feat, padding=1)
             torch.testing.assert_close(out[k], want)
     assert mod.routes == {"a": ["b"], "b": ["a"], "c": ["a", "b"]}
+    # both convs of MTL-PT's SABlock have no bias
+    assert all(m.bias is None for m in [*mod.attn.values(), *mod.feat.values()])
 
 
 def test_kwargs_validation() -> None:
@@ -112,6 +119,41 @@ def test_presets(path: Path) -> None:
     model = create_model("padnet", tasks, "tiny", **{**cfg.model.kwargs, "channels": 8}).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32))["final"].keys() == tasks.keys()
+
+
+def check_hrnet_fuse(extractor: SharedExtractor) -> None:
+    """MTL-PT's HighResolutionFuse: concat of the upsampled scales, then a 1x1 conv that keeps the
+    concatenated width (270 -> 270 on HRNet-18), BN and ReLU."""
+    cin = sum(extractor.backbone.channels)
+    assert isinstance(extractor.fuse, HighResolutionFuse) and extractor.out_channels == cin
+    conv, bn, relu = extractor.fuse.conv
+    assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (1, 1)
+    assert (conv.in_channels, conv.out_channels) == (cin, cin)
+    assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+    feats = [torch.randn(1, c, 8 // 2**i, 10 // 2**i) for i, c in enumerate(
+        extractor.backbone.channels)]
+    with torch.no_grad():
+        torch.testing.assert_close(extractor.fuse.eval()(feats),
+                                   torch.relu(bn(conv(fuse_scales(feats)))))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_presets_fuse_hrnet_as_mtlpt(path: Path) -> None:
+    """The presets fuse the HRNet pyramid as MTL-PT (``fuse_hrnet: True``), not by concat only."""
+    cfg = load_config(path)
+    tasks = {t: 2 for t in cfg.data.tasks}
+    check_hrnet_fuse(create_model("padnet", tasks, "tiny", **cfg.model.kwargs).extractor)
+
+
+def test_fuse_options() -> None:
+    tasks = {"semseg": 9, "depth": 1}
+    ex = create_model("padnet", tasks, fuse_channels=None, fuse_conv=False).extractor
+    assert isinstance(ex.fuse.conv, torch.nn.Identity)
+    assert ex.out_channels == sum(ex.backbone.channels)
+    ex = create_model("padnet", tasks).extractor  # CPU default: reduce to 32
+    assert ex.out_channels == 32 and ex.fuse.conv[0].out_channels == 32
+    with pytest.raises(ConfigError, match="fuse"):
+        create_model("padnet", tasks, fuse_channels=32, fuse_conv=False)
 
 
 def test_training_lowers_loss(tiny_h5: Path) -> None:

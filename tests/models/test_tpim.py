@@ -25,6 +25,7 @@ from tests.models._arch_helpers import (
     forward_with_quarter_aux,
     single_thread,
 )
+from tests.models.test_padnet import check_hrnet_fuse
 
 CONFIGS = config_presets("tpim")
 
@@ -153,6 +154,17 @@ def test_presets(path: Path) -> None:
     model = create_model("tpim", tasks, "tiny", **{**kw, "channels": 8, "key_channels": 4}).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32))["final"].keys() == tasks.keys()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_presets_fuse_hrnet_as_mtlpt(path: Path) -> None:
+    """TPIM builds on MTL-PT's PAD-Net framework: HighResolutionFuse (concat, 1x1 conv keeping
+    the width, BN, ReLU) on the HRNet pyramid."""
+    cfg = load_config(path)
+    tasks = {t: 2 for t in cfg.data.tasks}
+    model = create_model("tpim", tasks, "tiny", **{**cfg.model.kwargs, "channels": 8,
+                                                   "key_channels": 4})
+    check_hrnet_fuse(model.extractor)
 
 
 def test_training_lowers_loss(tiny_h5: Path) -> None:
