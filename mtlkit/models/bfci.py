@@ -19,7 +19,7 @@ authors' ``DIM_EMBED``, e.g. [576, 288, 144] for ViT-B; [144, 72, 36, 18] for HR
    ``x_0^j = Conv1x1_j(cat(P^j, I^j))`` (width C_0) are the task features of stage 0. The paper
    applies "TPP before the feature is fed into initial prediction heads" and refines ``P`` (eq. 7);
    the feedback, the pre-TPP ``P`` in it and the 0.5 weight follow the authors' code.
-4. Per stage n, top-down (authors' code; the paper's Fig. 2 shows the stages without the link):
+4. Per stage n, top-down (authors' code; the paper does not say how the stages connect):
    a. for n > 0 the task features of stage n-1 are upsampled to ``(H_n, W_n)`` and refined per
       task by two 3x3 ConvBNReLU with dilation 2, ``C_{n-1} -> C_n -> C_n``: ``x_n^j``.
    b. Bridge Feature Extractor (Sec. 3.2, eq. 1-4), :class:`BridgeFeatureExtractor`: queries
@@ -54,10 +54,14 @@ block (so each block, hence the refiner, starts near the identity) and the casca
 a BN follows it, here (inside the fused op) the pointwise conv does, so a 0.001 init would shrink
 the pointwise conv's input, and its gradient, a thousandfold.
 
-Where mtlkit differs from the authors' code (the ops' contracts, ``shared/OPS.md``): TPP uses
-full-resolution queries and keys (the authors stride-2 both); the attention scale is
-``1/sqrt(head dim)`` (the authors use the full width); the TFR residual branch ends in the op's
-ReLU (the authors' ends linear) and has no BN between its depthwise and pointwise convs.
+Where mtlkit still differs from the authors' code. Set by the ops' contracts
+(``shared/OPS.md``): TPP uses full-resolution queries and keys (the authors stride-2 both); the
+attention scale is ``1/sqrt(head dim)`` (the authors use the full width); the TFR residual branch
+ends in the op's ReLU (the authors' ends linear) and has no BN between its depthwise and
+pointwise convs. Kept from the paper's text: the preliminary decoder is one 3x3 ConvBNReLU on the
+embedded ``S_0`` (the authors: two on the raw backbone map); the BFE queries are normalised by a
+LayerNorm after the depthwise conv (the authors: a BN) and the upsampled attention output is
+added without the authors' extra depthwise 3x3 conv.
 
 Key/value pools ``kv_pools`` are listed from the coarsest stage to the finest (default [2, 4, 8]
 for 3 scales, [2, 4, 8, 16] for 4, the paper's values): this order keeps the number of pooled
@@ -288,8 +292,8 @@ def _check_kwargs(scales: int, pools: list[int], channels: int, heads: int, q_st
                           f"e.g. channels={max(unit, 32 // unit * unit)}")
     if q_stride < 1 or ffn_ratio < 1:
         raise ConfigError(f"bfci q_stride={q_stride}, ffn_ratio={ffn_ratio} must be >= 1")
-    if not (isinstance(aux_weight, int | float) and math.isfinite(aux_weight)
-            and aux_weight >= 0):
+    if (isinstance(aux_weight, bool) or not isinstance(aux_weight, int | float)
+            or not math.isfinite(aux_weight) or aux_weight < 0):
         raise ConfigError(f"bfci aux_weight={aux_weight!r} must be a number >= 0",
                           "the authors weight the intermediate predictions 0.5")
     if isinstance(tfr, str):

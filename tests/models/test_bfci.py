@@ -131,7 +131,7 @@ def test_tfr_sizes() -> None:
     {"tfr": "giant"}, {"tfr": -1}, {"tfr": 1.5}, {"scales": 2}, {"kv_pools": [2, 4]},
     {"channels": 33}, {"channels": 36}, {"channels": 24, "scales": 4},
     {"chanels": 32}, {"aux_tasks": ["edge"]}, {"aux_weight": -0.5}, {"aux_weight": "half"},
-    {"aux_weight": float("nan")},
+    {"aux_weight": True}, {"aux_weight": float("nan")},
 ])
 def test_bad_kwargs(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
