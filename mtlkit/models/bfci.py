@@ -1,55 +1,85 @@
 """BFCI: Bridge-Feature-Centric Interaction (paper 000, "Rethinking of Feature Interaction for
 Multi-task Learning on Dense Prediction", Sec. 3, eq. 1-7).
 
-Pipeline of :class:`BFCI` for ``image: (B, 3, H, W)`` and T tasks, decoder width C, using the
-last ``scales`` backbone scales (3: strides 8, 16, 32 as for ViT; 4: strides 4..32 as for HRNet);
-scale indices below are backbone indices ``i`` (0 = stride 4, 3 = stride 32):
+Pipeline of :class:`BFCI` for ``image: (B, 3, H, W)`` and T tasks. The decoder runs ``scales``
+stages n = 0..scales-1 from the coarsest backbone scale down (3: strides 32, 16, 8 as for ViT /
+InternImage; 4: strides 32..4 as for HRNet). Stage n has width ``C_n = channels / 2^n`` (the
+authors' ``DIM_EMBED``, e.g. [576, 288, 144] for ViT-B; [144, 72, 36, 18] for HRNet-w18).
 
-1. Task-generic features (Sec. 3.1): ``S_i = ConvBNReLU1x1(f_i): (B, C, H_i, W_i)`` (the
-   backbone pyramid converted to the decoding width, as the paper does after InvPT).
-2. Preliminary decoders with deep supervision (Sec. 3.1): per task j and scale i
-   ``P_i^j = ConvBNReLU3x3_{i,j}(S_i): (B, C, H_i, W_i)`` and an initial prediction
-   ``1x1 conv(P_i^j)`` (``aux``).
-3. Task Pattern Propagation at the last scale (Sec. 3.3, eq. 5-6), :class:`TaskPatternPropagation`:
-   per task tokens ``LN(P_3^j)`` -> q_j, k_j, v_j; ``A_j = q_j k_j^T / sqrt(D)`` (eq. 5); one shared
-   map ``Abar = Conv1x1(cat_j A_j)``; ``x_j = softmax(Abar) v_j`` (eq. 6) through
-   :func:`mtlkit.ops.tpp_attention` (2 heads folded into the batch), then an output projection
-   with residual and an FFN with residual. The initial prediction at scale 3 is taken after TPP.
-4. Bridge Feature Extractor at every used scale (Sec. 3.2, eq. 1-4), ``BridgeFeatureExtractor``:
-   queries from the generic tokens ``Flat(DWConv3x3_stride d(S_i))`` (d = ``q_stride`` = 2) +
-   LayerNorm + linear; keys/values from the T task maps average-pooled by ``l`` (eq. 1-2),
-   cross-attention (eq. 3-4) through :func:`mtlkit.ops.bfe_attention` (``heads`` = 2); the output
-   is projected, reshaped, bilinearly upsampled to ``(H_i, W_i)`` and added to ``S_i`` (the
-   residual path that keeps the low-level representation); then ``S'_i = y + FFN(y)`` with
-   ``FFN = LayerNorm -> MLP``: bridge features ``S'_i: (B, C, H_i, W_i)``.
-5. Task Feature Refiner (Sec. 3.4, eq. 7), :class:`TaskFeatureRefiner`: M layers (``tfr`` = base /
-   large / huge = 2 / 4 / 6); ``x^(0) = P_i^j``, ``x^(k) = x^(k-1) + BN(HDC(cat(S'_i, x^(k-1))))``
-   with ``HDC`` = :func:`mtlkit.ops.hdc_conv`, depthwise-separable 3x3 convs with dilations
-   [1, 2, 5] and widths 2C -> C -> C -> C. The layers are shared by the tasks of a scale (the
-   paper's Table 5 parameter counts, +15.9 M per TFR-base with ViT-B, match per-scale layers
-   shared across tasks, not per-task ones), so all tasks run as one batch.
-6. Multi-scale aggregation and heads (Sec. 3.1): per scale a shared (across tasks) 1x1
-   ConvBNReLU ("shared upsampling layers"), bilinear upsampling to the finest used scale,
-   concatenation over scales, a per-task 1x1 ConvBNReLU (``scales * C -> C``) and
-   :class:`~mtlkit.models.blocks.TaskHead` (3x3 ConvBNReLU + 1x1), bilinear upsampling to
-   ``(H, W)``.
+1. Task-generic features (Sec. 3.1): ``S_n = ConvBNReLU1x1(f_n): (B, C_n, H_n, W_n)`` (the
+   backbone pyramid embedded into the decoding widths).
+2. Preliminary decoder at the coarsest scale (Sec. 3.1): per task ``P^j = ConvBNReLU3x3_j(S_0)``.
+3. Task Pattern Propagation (Sec. 3.3, eq. 5-6), :class:`TaskPatternPropagation`: per task
+   tokens ``LN(P^j)`` -> q_j, k_j, v_j; ``A_j = q_j k_j^T / sqrt(D)`` (eq. 5); one shared map
+   ``Abar = Conv1x1(cat_j A_j)``; ``x_j = softmax(Abar) v_j`` (eq. 6) through
+   :func:`mtlkit.ops.tpp_attention` (heads folded into the batch), then an output projection with
+   residual and an FFN with residual. TPP sits in front of the initial prediction heads only:
+   the **one intermediate prediction** ``I^j = Conv1x1_j(TPP(P)^j): (B, C_t, H_0, W_0)`` (the
+   ``aux`` output, deep supervision at weight ``aux_weight`` = 0.5) is **fed back**:
+   ``x_0^j = Conv1x1_j(cat(P^j, I^j))`` (width C_0) are the task features of stage 0. The paper
+   applies "TPP before the feature is fed into initial prediction heads" and refines ``P`` (eq. 7);
+   the feedback, the pre-TPP ``P`` in it and the 0.5 weight follow the authors' code.
+4. Per stage n, top-down (authors' code; the paper does not say how the stages connect):
+   a. for n > 0 the task features of stage n-1 are upsampled to ``(H_n, W_n)`` and refined per
+      task by two 3x3 ConvBNReLU with dilation 2, ``C_{n-1} -> C_n -> C_n``: ``x_n^j``.
+   b. Bridge Feature Extractor (Sec. 3.2, eq. 1-4), :class:`BridgeFeatureExtractor`: queries
+      ``LP(LN(Flat(DWConv3x3_stride d(S_n))))`` (d = ``q_stride`` = 2); keys/values from the T task
+      maps after a LayerNorm over channels (shared by the tasks, the authors' ``norm1``) and
+      average pooling by ``l`` (eq. 1-2); cross-attention (eq. 3-4) through
+      :func:`mtlkit.ops.bfe_attention`; ``y = S_n + Up(Linear(x))``; ``S'_n = y + FFN(y)``
+      (FFN = LayerNorm -> MLP). Cascade (authors' code): for n > 0,
+      ``S'_n += Up(Conv1x1(S'_{n-1}))``.
+   c. Task Feature Refiner (Sec. 3.4, eq. 7), :class:`TaskFeatureRefiner`: per task, M layers
+      (``tfr`` = base / large / huge = 2 / 4 / 6); each layer is three depthwise-separable
+      dilated convs with dilations [1, 2, 5] (HDC), each a residual block (authors' code):
+      ``h = GELU(BN(Conv1x1(cat(S'_n, x))))`` (2C -> C/2, the authors' squeeze ratio 2), then
+      ``x = x + hdc_conv(h)`` with :func:`mtlkit.ops.hdc_conv` of one dilation d, i.e.
+      ``relu(PW(DWConv3x3_d(h)))`` (C/2 -> C). The blocks are per task, as the authors': with 4
+      tasks at widths [576, 288, 144] TFR-base/large/huge have 15.85 / 31.69 / 47.54 M
+      parameters, the paper's Table 5 increments (+15.9 / +31.7 / +47.6 M; the 24 / 48 / 73 k
+      missing here are the authors' BN between the depthwise and pointwise convs, which the
+      fused op has no place for).
+5. Aggregation and heads at 1/4 (authors' code): per stage a LayerNorm over all tasks' channels
+   (T*C_n), a per-task 1x1 conv ``C_n -> C_0`` (n > 0), bilinear upsampling to the backbone's
+   stride-4 grid and a sum over the stages; then per task
+   :class:`~mtlkit.models.blocks.TaskHead` (3x3 ConvBNReLU + 1x1) at stride 4, bilinearly
+   upsampled to ``(H, W)``. The final prediction is made at 1/4 whatever ``scales`` is.
 
-Key/value pools ``kv_pools`` are listed from the coarsest used scale to the finest (default
-[2, 4, 8] for 3 scales, [2, 4, 8, 16] for 4, the paper's values): this order keeps the number of
-pooled tokens per task the same at every scale (e.g. 15x20/2^2 = 30x40/4^2 = 60x80/8^2 = 75 at
+Initialisation (authors' code): the authors draw every conv of the decoder stages from a
+truncated N(0, 0.001). Where a BatchNorm follows a conv this only sets the scale the BN removes;
+it matters for the convs whose output is not normalised: the last pointwise conv of each TFR
+block (so each block, hence the refiner, starts near the identity) and the cascade's 1x1 conv (so
+``S'_n`` starts as the BFE output). Both get std 0.001 and zero bias here, as does the squeeze
+1x1 of each TFR block. The TFR depthwise conv keeps PyTorch's default init: in the authors' block
+a BN follows it, here (inside the fused op) the pointwise conv does, so a 0.001 init would shrink
+the pointwise conv's input, and its gradient, a thousandfold.
+
+Where mtlkit still differs from the authors' code. Set by the ops' contracts
+(``shared/OPS.md``): TPP uses full-resolution queries and keys (the authors stride-2 both); the
+attention scale is ``1/sqrt(head dim)`` (the authors use the full width); the TFR residual branch
+ends in the op's ReLU (the authors' ends linear) and has no BN between its depthwise and
+pointwise convs. Kept from the paper's text: the preliminary decoder is one 3x3 ConvBNReLU on the
+embedded ``S_0`` (the authors: two on the raw backbone map); the BFE queries are normalised by a
+LayerNorm after the depthwise conv (the authors: a BN) and the upsampled attention output is
+added without the authors' extra depthwise 3x3 conv.
+
+Key/value pools ``kv_pools`` are listed from the coarsest stage to the finest (default [2, 4, 8]
+for 3 scales, [2, 4, 8, 16] for 4, the paper's values): this order keeps the number of pooled
+tokens per task the same at every scale (e.g. 15x20/2^2 = 30x40/4^2 = 60x80/8^2 = 75 at
 480x640). Any input size works: :func:`mtlkit.ops.bfe_attention` needs ``H % pool == W % pool ==
 0``, so :meth:`BridgeFeatureExtractor.forward` replicate-pads the task maps at the bottom/right to
 the next multiple of the pool (edge values, not zeros, so the border tokens are averages of real
 features); a scale smaller than its pool becomes a single token per task. The stride-d depthwise
-query conv (kernel 3, padding 1) gives ``ceil(H_i / d) x ceil(W_i / d)`` queries for any size.
+query conv (kernel 3, padding 1) gives ``ceil(H_n / d) x ceil(W_n / d)`` queries for any size.
 
-Output: ``{"final": {task: (B, C_t, H, W)}, "aux": [{task: (B, C_t, H_i, W_i)} for each used
-scale, coarsest first]}`` (the preliminary predictions, deep supervision, ``aux_weight`` = 1).
+Output: ``{"final": {task: (B, C_t, H, W)}, "aux": [{task: (B, C_t, H_0, W_0)}]}`` (one
+intermediate prediction at the coarsest scale; the model's ``aux_weight`` = 0.5 scales its loss).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -64,6 +94,9 @@ from mtlkit.registry import ARCHS
 
 TFR_SIZES = {"base": 2, "large": 4, "huge": 6}
 DEFAULT_POOLS = {3: [2, 4, 8], 4: [2, 4, 8, 16]}
+HDC_DILATIONS = (1, 2, 5)
+INIT_STD = 0.001  # the authors' init of the decoder-stage convs (module docstring)
+DEFAULT_AUX_WEIGHT = 0.5  # the authors' weight of the intermediate predictions
 
 
 def _tokens(x: Tensor) -> Tensor:
@@ -74,6 +107,19 @@ def _tokens(x: Tensor) -> Tensor:
 def _maps(x: Tensor, h: int, w: int) -> Tensor:
     """(B, h*w, C) -> (B, C, h, w)."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def channel_norm(norm: nn.LayerNorm, x: Tensor, dim: int) -> Tensor:
+    """LayerNorm ``norm`` over dimension ``dim`` of ``x`` (the channels of a map)."""
+    return norm(x.movedim(dim, -1)).movedim(-1, dim)
+
+
+def init_small_(conv: nn.Conv2d, std: float = INIT_STD) -> nn.Conv2d:
+    """The authors' conv init: weights from a truncated N(0, std) (cut at +-2), bias 0."""
+    nn.init.trunc_normal_(conv.weight, std=std, a=-2.0, b=2.0)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
 
 
 def pad_to_multiple(x: Tensor, pool: int) -> Tensor:
@@ -130,9 +176,11 @@ class BridgeFeatureExtractor(nn.Module):
     """BFE at one scale (eq. 1-4): ``S: (B, C, H, W)``, ``P: (B, T, C, H, W)`` -> ``S'``, like S.
 
     Queries: ``LP(LN(Flat(DWConv3x3_stride q_stride(S))))``: (B, Nq, C), Nq = ceil(H/d) ceil(W/d)
-    (eq. 1-2). Keys/values: ``LP(cat_j Flat(AvgPool_pool(P^j)))`` inside
-    :func:`mtlkit.ops.bfe_attention` (eq. 1-4; P replicate-padded so ``pool`` divides H and W).
-    ``y = S + Up(Reshape(Linear(x)))``, ``S' = y + FFN(y)`` (FFN = LayerNorm + MLP).
+    (eq. 1-2). Keys/values: ``LP(cat_j Flat(AvgPool_pool(LN(P^j))))`` inside
+    :func:`mtlkit.ops.bfe_attention` (eq. 1-4), with ``LN`` one LayerNorm over the channels shared
+    by the tasks (the authors' ``norm1`` on the task tokens) and P replicate-padded so ``pool``
+    divides H and W. ``y = S + Up(Reshape(Linear(x)))``, ``S' = y + FFN(y)`` (FFN = LayerNorm +
+    MLP).
     """
 
     def __init__(self, channels: int, pool: int, heads: int = 2, q_stride: int = 2,
@@ -142,6 +190,7 @@ class BridgeFeatureExtractor(nn.Module):
         self.q_embed = nn.Conv2d(channels, channels, 3, q_stride, padding=1, groups=channels)
         self.q_norm = nn.LayerNorm(channels)
         self.q_proj = nn.Linear(channels, channels)
+        self.kv_norm = nn.LayerNorm(channels)
         self.k_proj = nn.Linear(channels, channels)
         self.v_proj = nn.Linear(channels, channels)
         self.out_proj = nn.Linear(channels, channels)
@@ -152,7 +201,8 @@ class BridgeFeatureExtractor(nn.Module):
         qmap = self.q_embed(s)
         hq, wq = qmap.shape[-2:]
         q = self.q_proj(self.q_norm(_tokens(qmap)))  # (B, Nq, C)
-        feats = pad_to_multiple(p.reshape(B * T, C, H, W), self.pool)
+        feats = channel_norm(self.kv_norm, p, 2).reshape(B * T, C, H, W)
+        feats = pad_to_multiple(feats, self.pool)
         feats = feats.reshape(B, T, C, *feats.shape[-2:])
         x = bfe_attention(q, feats, self.k_proj.weight, self.v_proj.weight, self.k_proj.bias,
                           self.v_proj.bias, pool=self.pool, heads=self.heads)  # (B, Nq, C)
@@ -161,113 +211,160 @@ class BridgeFeatureExtractor(nn.Module):
         return _maps(t + self.ffn(t), H, W)
 
 
-class HDCLayer(nn.Module):
-    """One TFR layer (eq. 7): ``x + BN(hdc_conv(cat(S', x)))`` with widths 2C -> C -> C -> C.
+class DilatedBlock(nn.Module):
+    """One depthwise-separable dilated conv of a TFR layer, as a residual block (eq. 7).
 
-    ``s: (N, C, H, W)`` bridge features (already expanded over tasks), ``x: (N, C, H, W)``.
-    The depthwise 3x3 / pointwise weights are held by ``nn.Conv2d`` modules (their default init)
-    and passed to :func:`mtlkit.ops.hdc_conv`; dilations [1, 2, 5] (HDC, Wang et al.).
+    ``s: (B, C, H, W)`` bridge features, ``x: (B, C, H, W)`` one task's features ->
+    ``x + relu(PW(DWConv3x3_d(GELU(BN(Conv1x1(cat(s, x)))))))``; the squeeze 1x1 takes 2C to
+    ``C // squeeze`` channels, the depthwise 3x3 (dilation d, no bias) and the pointwise 1x1 back to
+    C run in :func:`mtlkit.ops.hdc_conv` (one dilation). The squeeze and pointwise convs start at
+    the authors' std 0.001 (module docstring), so the block starts near the identity.
     """
 
-    def __init__(self, channels: int, dilations: tuple[int, ...] = (1, 2, 5)) -> None:
+    def __init__(self, channels: int, dilation: int, squeeze: int = 2) -> None:
         super().__init__()
-        self.dilations = tuple(dilations)
-        widths = [2 * channels] + [channels] * len(self.dilations)
-        self.dw = nn.ModuleList(nn.Conv2d(c, c, 3, groups=c) for c in widths[:-1])
-        self.pw = nn.ModuleList(
-            nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
-        self.norm = nn.BatchNorm2d(channels)
+        hidden = max(channels // squeeze, 1)
+        self.dilation = int(dilation)
+        self.reduce = init_small_(nn.Conv2d(2 * channels, hidden, 1))
+        self.norm = nn.BatchNorm2d(hidden)
+        self.dw = nn.Conv2d(hidden, hidden, 3, groups=hidden, bias=False)
+        self.pw = init_small_(nn.Conv2d(hidden, channels, 1))
 
     def forward(self, s: Tensor, x: Tensor) -> Tensor:
-        y = hdc_conv(
-            torch.cat([s, x], dim=1),
-            [m.weight for m in self.dw], [m.bias for m in self.dw],
-            [m.weight.flatten(1) for m in self.pw], [m.bias for m in self.pw],
-            dilations=self.dilations,
-        )
-        return x + self.norm(y)
+        h = F.gelu(self.norm(self.reduce(torch.cat([s, x], dim=1))))
+        y = hdc_conv(h, [self.dw.weight], None, [self.pw.weight.flatten(1)], [self.pw.bias],
+                     dilations=(self.dilation,))
+        return x + y
+
+
+class HDCLayer(nn.Module):
+    """One TFR layer (eq. 7): three :class:`DilatedBlock` with dilations [1, 2, 5] (HDC).
+
+    ``s, x: (B, C, H, W)`` -> refined ``x``; ``S'`` is concatenated again in every block, as in
+    the authors' code.
+    """
+
+    def __init__(self, channels: int, dilations: tuple[int, ...] = HDC_DILATIONS) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(DilatedBlock(channels, d) for d in dilations)
+
+    def forward(self, s: Tensor, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(s, x)
+        return x
 
 
 class TaskFeatureRefiner(nn.Module):
-    """TFR cascade at one scale (eq. 7): ``x^(0) = P^j``, ``x^(k) = layer_k(cat(S', x^(k-1)))``.
+    """TFR at one scale (eq. 7): per task, ``x^(0) = P^j``, ``x^(k) = layer_k^j(S', x^(k-1))``.
 
-    ``s: (B, C, H, W)``, ``p: (B, T, C, H, W)`` -> refined ``(B, T, C, H, W)``; the M layers are
-    shared by the tasks, which run as one batch of B*T maps.
+    ``s: (B, C, H, W)``, ``p: (B, T, C, H, W)`` -> refined ``(B, T, C, H, W)``. Every task has its
+    own M layers (``layers[j]``), as in the authors' code and the paper's parameter counts.
     """
 
-    def __init__(self, channels: int, layers: int) -> None:
+    def __init__(self, channels: int, layers: int, tasks: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(HDCLayer(channels) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            nn.ModuleList(HDCLayer(channels) for _ in range(layers)) for _ in range(tasks)
+        )
 
     def forward(self, s: Tensor, p: Tensor) -> Tensor:
-        B, T, C, H, W = p.shape
-        x = p.reshape(B * T, C, H, W)
-        s = s.unsqueeze(1).expand(B, T, C, H, W).reshape(B * T, C, H, W)
-        for layer in self.layers:
-            x = layer(s, x)
-        return x.reshape(B, T, C, H, W)
+        out = []
+        for j, layers in enumerate(self.layers):
+            x = p[:, j]
+            for layer in layers:
+                x = layer(s, x)
+            out.append(x)
+        return torch.stack(out, dim=1)
+
+
+def _check_kwargs(scales: int, pools: list[int], channels: int, heads: int, q_stride: int,
+                  ffn_ratio: int, tfr: str | int, aux_weight: float) -> int:
+    """ConfigError for invalid BFCI settings; returns the number of TFR layers."""
+    if scales not in (3, 4):
+        raise ConfigError(f"bfci scales={scales} is not valid", "use 3 (ViT) or 4 (HRNet)")
+    if len(pools) != scales or any(int(p) < 1 for p in pools):
+        raise ConfigError(f"bfci kv_pools={pools} must list {scales} positive pools",
+                          "order them from the coarsest scale to the finest, e.g. [2, 4, 8]")
+    unit = heads * 2 ** (scales - 1)
+    if channels < 1 or heads < 1 or channels % unit:
+        raise ConfigError(f"bfci channels={channels} must be a positive multiple of "
+                          f"heads x 2^(scales-1) = {unit} (the width halves at every stage)",
+                          f"e.g. channels={max(unit, 32 // unit * unit)}")
+    if q_stride < 1 or ffn_ratio < 1:
+        raise ConfigError(f"bfci q_stride={q_stride}, ffn_ratio={ffn_ratio} must be >= 1")
+    if (isinstance(aux_weight, bool) or not isinstance(aux_weight, int | float)
+            or not math.isfinite(aux_weight) or aux_weight < 0):
+        raise ConfigError(f"bfci aux_weight={aux_weight!r} must be a number >= 0",
+                          "the authors weight the intermediate predictions 0.5")
+    if isinstance(tfr, str):
+        if tfr not in TFR_SIZES:
+            raise ConfigError(f"bfci tfr={tfr!r} is not valid",
+                              f"choose one of {list(TFR_SIZES)} or a number of layers")
+        return TFR_SIZES[tfr]
+    if isinstance(tfr, bool) or not isinstance(tfr, int) or tfr < 0:
+        raise ConfigError(f"bfci tfr={tfr!r} is not valid",
+                          f"choose one of {list(TFR_SIZES)} or a number of layers >= 0")
+    return tfr
 
 
 class BFCI(nn.Module):
-    """Bridge-Feature-Centric Interaction network (module docstring: steps 1-6, eq. 1-7)."""
+    """Bridge-Feature-Centric Interaction network (module docstring: steps 1-5, eq. 1-7)."""
 
     def __init__(
         self, tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None = None, *,
         channels: int = 32, scales: int = 3, kv_pools: list[int] | None = None, heads: int = 2,
         q_stride: int = 2, tfr: str | int = "base", ffn_ratio: int = 2,
-        backbone_kwargs: dict[str, Any] | None = None,
+        aux_weight: float = DEFAULT_AUX_WEIGHT, backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
             raise ConfigError("bfci needs at least one task", "pass e.g. tasks={'semseg': 40}")
-        if scales not in (3, 4):
-            raise ConfigError(f"bfci scales={scales} is not valid", "use 3 (ViT) or 4 (HRNet)")
-        pools = list(kv_pools) if kv_pools is not None else DEFAULT_POOLS[scales]
-        if len(pools) != scales or any(int(p) < 1 for p in pools):
-            raise ConfigError(f"bfci kv_pools={pools} must list {scales} positive pools",
-                              "order them from the coarsest scale to the finest, e.g. [2, 4, 8]")
-        if channels < 1 or heads < 1 or channels % heads:
-            raise ConfigError(f"bfci channels={channels} must be a positive multiple of "
-                              f"heads={heads}", "e.g. channels=32, heads=2")
-        if q_stride < 1 or ffn_ratio < 1:
-            raise ConfigError(f"bfci q_stride={q_stride}, ffn_ratio={ffn_ratio} must be >= 1")
-        if isinstance(tfr, str):
-            if tfr not in TFR_SIZES:
-                raise ConfigError(f"bfci tfr={tfr!r} is not valid",
-                                  f"choose one of {list(TFR_SIZES)} or a number of layers")
-            n_tfr = TFR_SIZES[tfr]
-        else:
-            n_tfr = int(tfr)
-            if n_tfr < 0:
-                raise ConfigError(f"bfci tfr={tfr} layers must be >= 0")
+        pools = list(kv_pools) if kv_pools is not None else DEFAULT_POOLS.get(scales, [])
+        n_tfr = _check_kwargs(scales, pools, channels, heads, q_stride, ffn_ratio, tfr, aux_weight)
         self.tasks = {t: int(c) for t, c in tasks.items()}
         names = list(self.tasks)
-        T, C = len(names), channels
+        T = len(names)
+        widths = [channels // 2**n for n in range(scales)]  # C_n, coarsest stage first
+        C0 = widths[0]
+        self.widths = widths
         self.default_weighting = "fixed"
-        self.aux_weight = 1.0
+        self.aux_weight = float(aux_weight)
         self.backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
-        # used backbone scales, coarsest first: e.g. [3, 2, 1]
+        # backbone scales of the stages, coarsest first: e.g. [3, 2, 1]
         self.scale_ids = list(range(3, 3 - scales, -1))
         bb = self.backbone.channels
-        self.embed = nn.ModuleList(ConvBNReLU(bb[i], C, 1) for i in self.scale_ids)
-        # per task 3x3 conv on the shared S_i == one conv with T*C outputs
-        self.prelim = nn.ModuleList(ConvBNReLU(C, T * C, 3) for _ in self.scale_ids)
-        self.prelim_heads = nn.ModuleList(
-            nn.ModuleDict({t: nn.Conv2d(C, c, 1) for t, c in self.tasks.items()})
-            for _ in self.scale_ids
+        self.embed = nn.ModuleList(
+            ConvBNReLU(bb[i], c, 1) for i, c in zip(self.scale_ids, widths, strict=True)
         )
-        self.tpp = TaskPatternPropagation(names, C, heads, ffn_ratio)
+        # preliminary decoder: per-task 3x3 conv on the shared S_0 == one conv with T*C0 outputs
+        self.prelim = ConvBNReLU(C0, T * C0, 3)
+        self.tpp = TaskPatternPropagation(names, C0, heads, ffn_ratio)
+        self.inter_heads = nn.ModuleDict({t: nn.Conv2d(C0, c, 1) for t, c in self.tasks.items()})
+        self.feedback = nn.ModuleDict({t: nn.Conv2d(C0 + c, C0, 1) for t, c in self.tasks.items()})
+        # top-down task path (stage n > 0): per task (groups=T) two dilated 3x3 ConvBNReLU
+        self.task_up = nn.ModuleList(
+            nn.Sequential(ConvBNReLU(T * a, T * b, 3, dilation=2, groups=T),
+                          ConvBNReLU(T * b, T * b, 3, dilation=2, groups=T))
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.bfe = nn.ModuleList(
-            BridgeFeatureExtractor(C, int(p), heads, q_stride, ffn_ratio) for p in pools
+            BridgeFeatureExtractor(c, int(p), heads, q_stride, ffn_ratio)
+            for c, p in zip(widths, pools, strict=True)
         )
-        self.tfr = nn.ModuleList(TaskFeatureRefiner(C, n_tfr) for _ in self.scale_ids)
-        self.up = nn.ModuleList(ConvBNReLU(C, C, 1) for _ in self.scale_ids)
-        self.fuse = nn.ModuleDict({t: ConvBNReLU(scales * C, C, 1) for t in self.tasks})
-        self.heads = nn.ModuleDict({t: TaskHead(C, c) for t, c in self.tasks.items()})
-        self.config = {"channels": C, "scales": scales, "kv_pools": pools, "heads": heads,
-                       "q_stride": q_stride, "tfr": tfr, "tfr_layers": n_tfr,
-                       "ffn_ratio": ffn_ratio}
+        self.bridge_up = nn.ModuleList(
+            init_small_(nn.Conv2d(a, b, 1)) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.tfr = nn.ModuleList(TaskFeatureRefiner(c, n_tfr, T) for c in widths)
+        # aggregation at 1/4: LayerNorm over all tasks' channels, per-task 1x1 to C0, sum
+        self.agg_norm = nn.ModuleList(nn.LayerNorm(T * c) for c in widths)
+        self.agg_proj = nn.ModuleList(
+            [nn.Identity()] + [nn.Conv2d(T * c, T * C0, 1, groups=T) for c in widths[1:]]
+        )
+        self.heads = nn.ModuleDict({t: TaskHead(C0, c) for t, c in self.tasks.items()})
+        self.config = {"channels": channels, "widths": widths, "scales": scales,
+                       "kv_pools": pools, "heads": heads, "q_stride": q_stride, "tfr": tfr,
+                       "tfr_layers": n_tfr, "ffn_ratio": ffn_ratio,
+                       "aux_weight": self.aux_weight}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Backbone parameters (shared by every task; used by gradient-based weightings)."""
@@ -277,24 +374,34 @@ class BFCI(nn.Module):
         names = list(self.tasks)
         T = len(names)
         feats = self.backbone(image)
-        aux: list[dict[str, Tensor]] = []
-        refined: list[Tensor] = []
-        for n, i in enumerate(self.scale_ids):
-            s = self.embed[n](feats[i])  # task-generic S_i: (B, C, H_i, W_i)
-            B, C, H, W = s.shape
-            p = self.prelim[n](s).reshape(B, T, C, H, W)  # P_i^j
-            if n == 0:
-                p = self.tpp(p)  # TPP at the last (coarsest) scale, before the initial heads
-            aux.append({t: self.prelim_heads[n][t](p[:, j]) for j, t in enumerate(names)})
-            bridge = self.bfe[n](s, p)  # S'_i
-            r = self.tfr[n](bridge, p)  # refined task features (B, T, C, H_i, W_i)
-            refined.append(self.up[n](r.reshape(B * T, C, H, W)))
-        ref = refined[-1]  # finest used scale
-        agg = torch.cat([upsample_to(r, ref) for r in refined], dim=1)
-        agg = agg.reshape(ref.shape[0] // T, T, -1, *ref.shape[-2:])
-        final = {t: upsample_to(self.heads[t](self.fuse[t](agg[:, j])), image)
-                 for j, t in enumerate(names)}
-        return {"final": final, "aux": aux}
+        out_size = tuple(feats[0].shape[-2:])  # the backbone's stride-4 grid
+        s = self.embed[0](feats[self.scale_ids[0]])  # S_0: (B, C0, H_0, W_0)
+        B, C0, H, W = s.shape
+        p = self.prelim(s).reshape(B, T, C0, H, W)  # P^j
+        z = self.tpp(p)
+        inter = {t: self.inter_heads[t](z[:, j]) for j, t in enumerate(names)}
+        x = torch.stack([self.feedback[t](torch.cat([p[:, j], inter[t]], dim=1))
+                         for j, t in enumerate(names)], dim=1)  # x_0: (B, T, C0, H, W)
+        bridge: Tensor | None = None
+        agg: Tensor | None = None
+        for n in range(len(self.scale_ids)):
+            if n > 0:
+                s = self.embed[n](feats[self.scale_ids[n]])
+                H, W = s.shape[-2:]
+                xm = upsample_to(x.flatten(1, 2), (H, W))
+                x = self.task_up[n - 1](xm).reshape(B, T, -1, H, W)
+            new_bridge = self.bfe[n](s, x)  # S'_n
+            if bridge is not None:
+                new_bridge = new_bridge + upsample_to(self.bridge_up[n - 1](bridge), (H, W))
+            bridge = new_bridge
+            x = self.tfr[n](bridge, x)  # refined task features (B, T, C_n, H_n, W_n)
+            y = channel_norm(self.agg_norm[n], x.flatten(1, 2), 1)
+            y = upsample_to(self.agg_proj[n](y), out_size)  # (B, T*C0, H/4, W/4)
+            agg = y if agg is None else agg + y
+        assert agg is not None
+        agg = agg.reshape(B, T, C0, *out_size)
+        final = {t: upsample_to(self.heads[t](agg[:, j]), image) for j, t in enumerate(names)}
+        return {"final": final, "aux": [inter]}
 
 
 def check_arch_kwargs(arch: str, cls: type, kwargs: dict[str, Any]) -> None:
@@ -315,14 +422,13 @@ def bfci(tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None =
          **kwargs: Any) -> nn.Module:
     """BFCI: TPP + Bridge Feature Extractor + Task Feature Refiner (paper 000, eq. 1-7).
 
-    kwargs: ``channels`` (decoder width C, 32), ``scales`` (3 = strides 8..32, 4 = 4..32; 3),
-    ``kv_pools`` (key/value pools, coarsest scale first; [2, 4, 8] / [2, 4, 8, 16]), ``heads``
-    (BFE and TPP heads, 2), ``q_stride`` (query depthwise-conv stride d, 2), ``tfr`` ("base" |
-    "large" | "huge" = 2 / 4 / 6 TFR layers, or an int; "base"), ``ffn_ratio`` (FFN hidden = ratio
-    x C, 2), ``backbone_kwargs`` (passed to the backbone builder, e.g. ``{strict_img_size: false}``
-    for timm Swin at any input size; None).
+    kwargs: ``channels`` (width C_0 of the coarsest stage, halved per stage; 32), ``scales`` (3 =
+    stages at strides 32..8, 4 = 32..4; 3), ``kv_pools`` (key/value pools, coarsest stage first;
+    [2, 4, 8] / [2, 4, 8, 16]), ``heads`` (BFE and TPP heads, 2), ``q_stride`` (query
+    depthwise-conv stride d, 2), ``tfr`` ("base" | "large" | "huge" = 2 / 4 / 6 TFR layers, or an
+    int; "base"), ``ffn_ratio`` (FFN hidden = ratio x width, 2), ``aux_weight`` (loss weight of
+    the intermediate prediction, 0.5 as the authors), ``backbone_kwargs`` (passed to the
+    backbone builder, e.g. ``{strict_img_size: false}`` for timm Swin at any input size; None).
     """
     check_arch_kwargs("bfci", BFCI, kwargs)
     return BFCI(tasks, backbone, pretrained, **kwargs)
-
-

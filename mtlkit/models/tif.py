@@ -19,7 +19,8 @@ W_i)`` are the backbone scales i = 0..3 (strides 4..32, eq. 1):
 4. LTHD on scales 0, 1 (Sec. 3.4), :class:`LTHD`: ``A_t^0 = f_up(A_t^3) + A_t^2`` (eq. 11) of
    size N_2 x N_2; ``RX = softmax(A_t^0) (Pool_{H_2 x W_2}(Xhat_t^s) W_t^s)`` (eq. 12, written with
    row-stochastic rows here); ``RX_t^s = FeatureFuse(Up(RX + FFN(RX)), Xhat_t^s)`` with
-   FeatureFuse = concat + Conv1x1 + BN + ReLU (eq. 13). Both high scales use the same A_t^0.
+   FeatureFuse = concat + Conv1x1 + BN + ReLU (eq. 13; the ``RX +`` residual is not in eq. 13,
+   see below). Both high scales use the same A_t^0.
 5. Final fusion (eq. 14): ``FX_t = FeatureFuse(RX_t^0..3)`` (upsample to scale 0, concat, 1x1
    conv-BN-ReLU, 4C -> C) then the prediction head (:class:`~mtlkit.models.blocks.TaskHead`:
    3x3 conv-BN-ReLU + 1x1 conv), bilinearly upsampled to ``(H, W)``.
@@ -40,6 +41,13 @@ Choices where the paper is silent (also tested in ``tests/models/test_tif.py``):
 - SFF = ``Conv1x1(2C -> C) + BN + ReLU + Conv3x3(C -> C) + BN`` on ``cat(XL^i, Y^i)``; a BN follows
   the group conv of eq. 4.
 - No deep supervision (the paper trains only the final outputs): ``aux`` is empty.
+
+Departure from the printed equations (flagged, kept): eq. 13 reads
+``RX_t^0 = FeatureFuse(FFN(RX_t^0), Xhat_t^0)``, the FFN's output *without* a residual; step 4
+and :class:`LTHD` compute ``FeatureFuse(Up(RX + FFN(RX)), Xhat_t^s)``, i.e. with the residual
+that eq. 10 writes for the SFD's FFN (``RX = FFN(RX) + RX``). The paper links no code and none
+of the authors' was found to settle which one they trained; ``Xhat_t^s`` reaches the fusion
+directly either way.
 
 Output: ``{"final": {task: (B, C_t, H, W)}, "aux": []}``.
 """
@@ -148,7 +156,8 @@ class SFD(nn.Module):
 
 
 class LTHD(nn.Module):
-    """Low-To-High scale feature Diffusion of one task at one high scale (eq. 12-13).
+    """Low-To-High scale feature Diffusion of one task at one high scale (eq. 12-13; the residual
+    around the FFN is mtlkit's, eq. 13 has none: module docstring).
 
     ``x: (B, C, H_s, W_s)`` high-scale task feature, ``a0: (B, N_2, N_2)`` the combined affinity
     of eq. 11 on the ``grid = (H_2, W_2)`` -> ``RX_t^s: (B, C, H_s, W_s)``.
