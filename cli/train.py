@@ -11,8 +11,10 @@ from typing import Annotated
 import typer
 
 from cli.common import console, parse_list, parse_size, user_errors
+from mtlkit.config import DataConfig, ModelConfig, TrainConfig
 
 DEFAULT_ARCH = "tpim"
+_D, _M, _T = DataConfig(), ModelConfig(), TrainConfig()
 
 
 def _model_args(items: list[str] | None) -> dict:
@@ -32,50 +34,89 @@ def _model_args(items: list[str] | None) -> dict:
 @user_errors
 def train(
     ctx: typer.Context,
-    arch: Annotated[str | None, typer.Option(help="architecture (see mtlkit list)")] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
-    data: Annotated[str | None, typer.Option(help="preprocessed .h5 file")] = None,
-    backbone: Annotated[str | None, typer.Option(help="tiny or timm:<name>")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="local backbone weights file")] = None,
-    tasks: Annotated[str | None, typer.Option(help="comma list, e.g. semseg,depth")] = None,
-    aux_tasks: Annotated[str | None, typer.Option(help="auxiliary-only tasks")] = None,
-    size: Annotated[str | None, typer.Option(help="input size HxW")] = None,
-    augment: Annotated[str | None, typer.Option(help="mtlpt | pascal | atrc | none")] = None,
-    steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="batch size per process")] = None,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adamw | adam | sgd")] = None,
-    weighting: Annotated[str | None, typer.Option(help="loss weighting")] = None,
-    accum: Annotated[int | None, typer.Option(help="gradient accumulation steps")] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
-    ckpt_every: Annotated[int | None, typer.Option(help="checkpoint period (steps)")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="evaluation period (steps)")] = None,
-    eval_batches: Annotated[int | None, typer.Option(help="batches per periodic eval")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="architecture (see mtlkit list)", show_default=DEFAULT_ARCH)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="dataset name (see mtlkit list)", show_default=_D.dataset)] = None,
+    data: Annotated[str | None, typer.Option(
+        help="preprocessed .h5 file", show_default="synthetic: rendered into the cache")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="tiny or timm:<name>", show_default=_M.backbone)] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="local backbone weights file", show_default="none")] = None,
+    tasks: Annotated[str | None, typer.Option(
+        help="comma list, e.g. semseg,depth", show_default="all tasks of the dataset")] = None,
+    aux_tasks: Annotated[str | None, typer.Option(
+        help="auxiliary-only tasks", show_default="none")] = None,
+    size: Annotated[str | None, typer.Option(
+        help="input size HxW, each side >= 32",
+        show_default="the dataset's, 128x160 for synthetic")] = None,
+    augment: Annotated[str | None, typer.Option(
+        help="mtlpt | pascal | atrc | none", show_default="the dataset's preset")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="optimiser steps (>= 1)", show_default=str(_T.steps))] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="batch size per process (>= 1)", show_default=str(_T.batch_size))] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="peak learning rate (> 0)", show_default=str(_T.lr))] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help="adamw | adam | sgd", show_default=_T.optimizer)] = None,
+    weighting: Annotated[str | None, typer.Option(
+        help="loss weighting (see mtlkit list)", show_default="the arch's own")] = None,
+    accum: Annotated[int | None, typer.Option(
+        help="gradient accumulation steps (>= 1)", show_default=str(_T.accum))] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed", show_default=str(_T.seed))] = None,
+    ckpt_every: Annotated[int | None, typer.Option(
+        help="checkpoint period in steps (0: only at the end)",
+        show_default=str(_T.ckpt_every))] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="evaluation period in steps (0: only at the end)",
+        show_default=str(_T.eval_every))] = None,
+    eval_batches: Annotated[int | None, typer.Option(
+        help="batches per periodic eval (>= 1)", show_default="the whole val split")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="DataLoader workers (>= 0)", show_default=str(_D.num_workers))] = None,
     amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", help="bf16 autocast (CUDA only; a no-op on CPU)")] = None,
+        "--amp/--no-amp", help="bf16 autocast (CUDA only; a no-op on CPU)",
+        show_default="no-amp")] = None,
     compile: Annotated[bool | None, typer.Option(
-        "--compile/--no-compile", help="torch.compile the model")] = None,
+        "--compile/--no-compile", help="torch.compile the model",
+        show_default="no-compile")] = None,
     tensorboard: Annotated[bool | None, typer.Option(
-        "--tensorboard/--no-tensorboard", help="TensorBoard event files beside log.jsonl")] = None,
+        "--tensorboard/--no-tensorboard", help="TensorBoard event files beside log.jsonl",
+        show_default="no-tensorboard")] = None,
     sync_bn: Annotated[bool | None, typer.Option(
-        "--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (GPUs)")] = None,
+        "--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (GPUs)",
+        show_default="no-sync-bn")] = None,
     nproc: Annotated[int, typer.Option(
         help="processes on this machine (DDP via torch.distributed.run; one per GPU)")] = 1,
-    model_arg: Annotated[list[str] | None, typer.Option(help="arch kwarg KEY=VALUE")] = None,
-    out: Annotated[str | None, typer.Option(help="run directory")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML run configuration")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        help="arch kwarg KEY=VALUE (repeat)", show_default="none")] = None,
+    out: Annotated[str | None, typer.Option(
+        help="run directory", show_default="runs/<arch>-<dataset>")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML run configuration (e.g. configs/tpim_nyud_hrnet18.yaml)",
+        show_default="none")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="remove the run --out holds and start again")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     single_task: Annotated[list[str] | None, typer.Option(
         help="single-task run dir (repeat per task): report.json gets delta_m")] = None,
 ) -> None:
-    """Train a model (defaults: the main demo job, TPIM on synthetic-nyud on CPU)."""
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        raise typer.Exit(_relaunch(ctx, nproc))
+    """Train a model (defaults: the main demo job, TPIM on synthetic-nyud on CPU).
+
+    A directory that holds a run is continued with --resume or started again with --overwrite;
+    on resume only --steps (upwards), --eval-every, --ckpt-every, --eval-batches, --workers,
+    --tensorboard and --compile may change.
+    """
     from mtlkit.config import RunConfig, load_config
     from mtlkit.engine.report import metrics_table
     from mtlkit.engine.trainer import train as run_train
+    from mtlkit.errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc} is out of range", "it must be >= 1")
 
     if resume and config is None and out is not None and (Path(out) / "config.yaml").is_file():
         config = Path(out) / "config.yaml"
@@ -93,16 +134,19 @@ def train(
                  compile=compile, tensorboard=tensorboard, sync_bn=sync_bn)
     if out is None and (config is None or cfg.train.out == "runs/default"):
         cfg.train.out = f"runs/{cfg.model.arch}-{cfg.data.dataset}"
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        raise typer.Exit(_launch_locked(ctx, nproc, cfg, resume=resume, overwrite=overwrite))
     main = int(os.environ.get("RANK", "0")) == 0
     if cfg.train.amp and main and not _cuda_used():
         console.print("note: --amp (bf16 autocast) applies on CUDA only; training in float32")
     report = run_train(cfg, resume=resume, progress=not quiet, console=console,
-                       single_task=single_task)
+                       single_task=single_task, overwrite=overwrite)
     if not main:
         return
-    console.print(metrics_table(report["metrics"], title=(
-        f"{report['arch']} on {report['dataset']} after {report['steps']} steps "
-        f"({report['params'] / 1e6:.2f} M params, {report['images_per_s']:.1f} img/s)")))
+    console.print(f"{report['arch']} on {report['dataset']} after {report['steps']} steps "
+                  f"({report['params'] / 1e6:.2f} M params, {report['images_per_s']:.1f} img/s), "
+                  "validation split:", highlight=False)
+    console.print(metrics_table(report["metrics"], title=None))
     if "delta_m" in report:
         console.print(f"delta_m vs single-task runs ({', '.join(report['delta_m_tasks'])}): "
                       f"{report['delta_m']:+.2f} %")
@@ -115,7 +159,23 @@ def _cuda_used() -> bool:
     return torch.cuda.is_available() and os.environ.get("MTLKIT_DEVICE", "") != "cpu"
 
 
-def _relaunch(ctx: typer.Context, nproc: int) -> int:
+def _launch_locked(ctx: typer.Context, nproc: int, cfg, *, resume: bool,
+                   overwrite: bool) -> int:
+    """Check the configuration and the run directory here, hold its lock while the ranks run
+    (they see :data:`~mtlkit.engine.rundir.LOCK_ENV`), and return their exit status."""
+    from mtlkit.engine import rundir
+    from mtlkit.engine.trainer import absolute_paths, check_run_dir, resolve_config
+
+    resolve_config(absolute_paths(cfg))
+    check_run_dir(cfg, resume=resume, overwrite=overwrite)
+    lock = rundir.RunLock(cfg.train.out).acquire()
+    try:
+        return _relaunch(ctx, nproc, {rundir.LOCK_ENV: str(Path(cfg.train.out).absolute())})
+    finally:
+        lock.release(remove_created=True)
+
+
+def _relaunch(ctx: typer.Context, nproc: int, extra_env: dict[str, str] | None = None) -> int:
     """Run this same command under ``torch.distributed.run`` with ``nproc`` processes.
 
     The child command is rebuilt from the parsed options (all but ``--nproc``), so it is the same
@@ -136,7 +196,7 @@ def _relaunch(ctx: typer.Context, nproc: int) -> int:
             argv += [p.opts[0], str(v)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc_per_node", str(nproc), "-m", "cli.main", "train", *argv]
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     root = str(Path(__file__).resolve().parent.parent)  # so that ``-m cli.main`` resolves
     env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
     return subprocess.call(cmd, env=env)
