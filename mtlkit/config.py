@@ -164,11 +164,10 @@ SCHEDULES = ("poly", "constant")
 
 
 def _check_names(cfg: RunConfig) -> None:
-    from mtlkit.errors import UnknownNameError
-    from mtlkit.registry import ARCHS, BACKBONES, WEIGHTINGS
-
     from mtlkit.data import dataset_info
     from mtlkit.data.transforms import PRESETS
+    from mtlkit.errors import UnknownNameError
+    from mtlkit.registry import ARCHS, BACKBONES, WEIGHTINGS
 
     dataset_info(cfg.data.dataset)
     if cfg.data.augment is not None and cfg.data.augment not in PRESETS:

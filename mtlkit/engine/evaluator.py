@@ -104,10 +104,12 @@ def main_scores(results: dict[str, dict[str, Any]], specs: dict[str, TaskSpec]) 
     return {t: results[t][specs[t].main_metric] for t in results}
 
 
-def load_run_model(checkpoint: str, data: str | None = None, device: str | None = None):
+def load_run_model(checkpoint: str, data: str | None = None, device: str | None = None, *,
+                   progress: bool = False, console: Any = None):
     """Rebuild the model of a checkpoint and load its weights.
 
-    Returns ``(model, parts, state)``; ``data`` overrides the dataset file of the run.
+    Returns ``(model, parts, state)``; ``data`` overrides the dataset file of the run (whose
+    val split is checked against the run's configuration first).
     """
     from mtlkit.config import RunConfig
     from mtlkit.engine.trainer import build_parts, load_checkpoint
@@ -116,7 +118,7 @@ def load_run_model(checkpoint: str, data: str | None = None, device: str | None 
     cfg = RunConfig.from_dict(state["config"], source=f"{checkpoint}: config")
     if data is not None:
         cfg.data.path = data
-    parts = build_parts(cfg, need_train=False)
+    parts = build_parts(cfg, need_train=False, progress=progress, console=console)
     try:
         parts.model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -167,7 +169,7 @@ def evaluate_checkpoint(
         raise ConfigError(f"--batch-size {batch_size} is out of range", "it must be >= 1")
     dest = Path(out_dir) if out_dir else Path(checkpoint).parent
     check_writable(dest, kind="folder")
-    model, parts, state = load_run_model(checkpoint, data)
+    model, parts, state = load_run_model(checkpoint, data, progress=progress, console=console)
     cfg = parts.cfg
     ds = (
         parts.val_set
@@ -183,8 +185,8 @@ def evaluate_checkpoint(
         )
     )
     specs = {t: parts.specs[t] for t in parts.tasks}
-    if getattr(ds, "path", None) is not None:
-        check_data(ds.path, cfg.data.dataset, list(specs), (split,), progress=progress,
+    if split != "val" and getattr(ds, "path", None) is not None:  # val: by load_run_model
+        check_data(ds.path, cfg.data.dataset, list(parts.specs), (split,), progress=progress,
                    console=console)
     loader = make_eval_loader(ds, batch_size)
     device = next(model.parameters()).device

@@ -138,6 +138,28 @@ class RunLock:
         self.release()
 
 
+def check_not_busy(folder: str | Path) -> None:
+    """RunBusyError when another process holds ``folder``'s lock (probes, creates nothing)."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or unreadable: acquire() will tell)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(
+                f"run directory {str(folder)!r} is in use by another mtlkit process "
+                f"({_read_owner(fd)})", "wait for it to finish, or train into another --out"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _read_owner(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")

@@ -14,7 +14,8 @@ interrupted and resumed ends with bit-identical weights to an uninterrupted one.
 Safety (:mod:`mtlkit.engine.rundir`): every check runs before anything is written into the run
 directory: the configuration's values (:meth:`RunConfig.validate`), the output location, what
 the directory already holds (a run needs ``resume`` or ``overwrite``), the data file against
-the configuration (:func:`mtlkit.data.check.check_data`, the whole file, remembered), and on
+the configuration (:func:`mtlkit.data.check.check_data` in :func:`build_parts`: the whole file,
+remembered), and on
 resume the settings that may not change. Then rank 0 locks the directory for the whole run.
 """
 
@@ -105,13 +106,17 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> rundir.RunState:
-    """The output location is writable and what it holds fits ``resume`` / ``overwrite``."""
+def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool,
+                  probe_lock: bool = True) -> rundir.RunState:
+    """The output location is writable, not in use by another process (``probe_lock``), and
+    what it holds fits ``resume`` / ``overwrite``."""
     out = Path(cfg.train.out)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other",
                           "pass --resume to continue the run or --overwrite to start again")
     check_writable(out, kind="folder")
+    if probe_lock and os.environ.get(rundir.LOCK_ENV) != str(out.absolute()):
+        rundir.check_not_busy(out)
     state = rundir.inspect_run(out)
     if resume and not state.has_checkpoint:
         if state.holds_run:
@@ -126,8 +131,13 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> rundir.Ru
     return state
 
 
-def build_parts(cfg: RunConfig, *, need_train: bool = True) -> RunParts:
-    """Datasets, task specs and model of a (resolved) config."""
+def build_parts(cfg: RunConfig, *, need_train: bool = True, check: bool = True,
+                progress: bool = False, console: Any = None) -> RunParts:
+    """Datasets, task specs and model of a (resolved) config.
+
+    ``check``: check the data file against the config before building the model
+    (:func:`mtlkit.data.check.check_data`, the splits used; remembered per file).
+    """
     from mtlkit.data import build_dataset, dataset_info
     from mtlkit.models import create_model
     from mtlkit.models.backbones import input_size_hint
@@ -157,6 +167,11 @@ def build_parts(cfg: RunConfig, *, need_train: bool = True) -> RunParts:
         augment=d.augment,
     )
     ref = val_set
+    if check and getattr(val_set, "path", None) is not None:
+        from mtlkit.data.check import check_data
+
+        check_data(val_set.path, d.dataset, all_tasks, ("train", "val") if need_train else ("val",),
+                   progress=progress, console=console)
     info = dataset_info(d.dataset)
     specs = {
         t: get_task(t, ref.num_classes.get(t), edge_max_dist=info.get("edge_max_dist", 0.011))
@@ -253,8 +268,8 @@ class Trainer:
             check_run_dir(cfg, resume=resume, overwrite=overwrite)
         self.references = _single_task_references(single_task)
         seed_everything(cfg.train.seed)
-        self.parts = build_parts(cfg)
-        self._check_data()
+        self.parts = build_parts(cfg, progress=self.progress, console=console)
+        self._check_batches()
         self.device = self.ctx.device
         model = self.parts.model
         if cfg.train.sync_bn and self.ctx.distributed:
@@ -302,11 +317,8 @@ class Trainer:
         if self.ctx.is_main:
             self._commit(resume=resume, overwrite=overwrite)
 
-    def _check_data(self) -> None:
-        """The data file against the configuration (whole file, remembered), and the training
-        split against one global batch; before anything is written."""
-        from mtlkit.data.check import check_data
-
+    def _check_batches(self) -> None:
+        """The training split holds at least one global batch (before anything is written)."""
         t = self.cfg.train
         n = len(self.parts.train_set)
         if EpochBatchSampler.batches_per_epoch(n, t.batch_size, self.ctx.world) == 0:
@@ -315,12 +327,6 @@ class Trainer:
                 f"{t.batch_size * self.ctx.world}",
                 "lower --batch-size",
             )
-        path = getattr(self.parts.val_set, "path", None)
-        if path is not None:
-            check_data(path, self.cfg.data.dataset,
-                       list(self.parts.tasks) + [a for a in self.parts.aux_tasks
-                                                 if a not in self.parts.tasks],
-                       ("train", "val"), progress=self.progress, console=self.console)
 
     def _commit(self, *, resume: bool, overwrite: bool) -> None:
         """Every check has passed: lock the run directory (unless the ``--nproc`` parent holds
@@ -329,7 +335,8 @@ class Trainer:
         if not locked_by_parent:
             self.lock = rundir.RunLock(self.out).acquire()
         try:
-            state = check_run_dir(self.cfg, resume=resume, overwrite=overwrite)
+            state = check_run_dir(self.cfg, resume=resume, overwrite=overwrite,
+                                  probe_lock=False)
             if overwrite and state.holds_run:
                 rundir.clear_run(self.out)
             if not self.finished:
