@@ -34,14 +34,14 @@ def _model_args(items: list[str] | None) -> dict:
 @user_errors
 def train(
     ctx: typer.Context,
-    arch: Annotated[str | None, typer.Option(
-        help="architecture (see mtlkit list)", show_default=DEFAULT_ARCH)] = None,
-    dataset: Annotated[str | None, typer.Option(
-        help="dataset name (see mtlkit list)", show_default=_D.dataset)] = None,
+    arch: Annotated[str, typer.Option(
+        help="architecture (see mtlkit list)")] = DEFAULT_ARCH,
+    dataset: Annotated[str, typer.Option(
+        help="dataset name (see mtlkit list)")] = _D.dataset,
     data: Annotated[str | None, typer.Option(
         help="preprocessed .h5 file", show_default="synthetic: rendered into the cache")] = None,
-    backbone: Annotated[str | None, typer.Option(
-        help="tiny or timm:<name>", show_default=_M.backbone)] = None,
+    backbone: Annotated[str, typer.Option(
+        help="tiny or timm:<name>")] = _M.backbone,
     pretrained: Annotated[str | None, typer.Option(
         help="local backbone weights file", show_default="none")] = None,
     tasks: Annotated[str | None, typer.Option(
@@ -53,41 +53,36 @@ def train(
         show_default="the dataset's, 128x160 for synthetic")] = None,
     augment: Annotated[str | None, typer.Option(
         help="mtlpt | pascal | atrc | none", show_default="the dataset's preset")] = None,
-    steps: Annotated[int | None, typer.Option(
-        help="optimiser steps (>= 1)", show_default=str(_T.steps))] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help="batch size per process (>= 1)", show_default=str(_T.batch_size))] = None,
-    lr: Annotated[float | None, typer.Option(
-        help="peak learning rate (> 0)", show_default=str(_T.lr))] = None,
-    optimizer: Annotated[str | None, typer.Option(
-        help="adamw | adam | sgd", show_default=_T.optimizer)] = None,
+    steps: Annotated[int, typer.Option(
+        help="optimiser steps (>= 1)")] = _T.steps,
+    batch_size: Annotated[int, typer.Option(
+        help="batch size per process (>= 1)")] = _T.batch_size,
+    lr: Annotated[float, typer.Option(
+        help="peak learning rate (> 0)")] = _T.lr,
+    optimizer: Annotated[str, typer.Option(
+        help="adamw | adam | sgd")] = _T.optimizer,
     weighting: Annotated[str | None, typer.Option(
         help="loss weighting (see mtlkit list)", show_default="the arch's own")] = None,
-    accum: Annotated[int | None, typer.Option(
-        help="gradient accumulation steps (>= 1)", show_default=str(_T.accum))] = None,
-    seed: Annotated[int | None, typer.Option(help="random seed", show_default=str(_T.seed))] = None,
-    ckpt_every: Annotated[int | None, typer.Option(
-        help="checkpoint period in steps (0: only at the end)",
-        show_default=str(_T.ckpt_every))] = None,
-    eval_every: Annotated[int | None, typer.Option(
-        help="evaluation period in steps (0: only at the end)",
-        show_default=str(_T.eval_every))] = None,
+    accum: Annotated[int, typer.Option(
+        help="gradient accumulation steps (>= 1)")] = _T.accum,
+    seed: Annotated[int, typer.Option(help="random seed")] = _T.seed,
+    ckpt_every: Annotated[int, typer.Option(
+        help="checkpoint period in steps (0: only at the end)")] = _T.ckpt_every,
+    eval_every: Annotated[int, typer.Option(
+        help="evaluation period in steps (0: only at the end)")] = _T.eval_every,
     eval_batches: Annotated[int | None, typer.Option(
         help="batches per periodic eval (>= 1)", show_default="the whole val split")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="DataLoader workers (>= 0)", show_default=str(_D.num_workers))] = None,
-    amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", help="bf16 autocast (CUDA only; a no-op on CPU)",
-        show_default="no-amp")] = None,
-    compile: Annotated[bool | None, typer.Option(
-        "--compile/--no-compile", help="torch.compile the model",
-        show_default="no-compile")] = None,
-    tensorboard: Annotated[bool | None, typer.Option(
-        "--tensorboard/--no-tensorboard", help="TensorBoard event files beside log.jsonl",
-        show_default="no-tensorboard")] = None,
-    sync_bn: Annotated[bool | None, typer.Option(
-        "--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (GPUs)",
-        show_default="no-sync-bn")] = None,
+    workers: Annotated[int, typer.Option(
+        help="DataLoader workers (>= 0)")] = _D.num_workers,
+    amp: Annotated[bool, typer.Option(
+        "--amp/--no-amp", help="bf16 autocast (CUDA only; a no-op on CPU)")] = _T.amp,
+    compile: Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="torch.compile the model")] = _T.compile,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="TensorBoard event files beside log.jsonl")] = _T.tensorboard,
+    sync_bn: Annotated[bool, typer.Option(
+        "--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (GPUs)")] = _T.sync_bn,
     nproc: Annotated[int, typer.Option(
         help="processes on this machine (DDP via torch.distributed.run; one per GPU)")] = 1,
     model_arg: Annotated[list[str] | None, typer.Option(
@@ -102,7 +97,8 @@ def train(
         help="remove the run --out holds and start again")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
     single_task: Annotated[list[str] | None, typer.Option(
-        help="single-task run dir (repeat per task): report.json gets delta_m")] = None,
+        help="single-task run dir (repeat per task): report.json gets delta_m",
+        show_default="none")] = None,
 ) -> None:
     """Train a model (defaults: the main demo job, TPIM on synthetic-nyud on CPU).
 
@@ -118,20 +114,27 @@ def train(
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc} is out of range", "it must be >= 1")
 
+    def given(value, name: str):  # the value when the option was passed, else None
+        return value if _given(ctx, name) else None
+
     if resume and config is None and out is not None and (Path(out) / "config.yaml").is_file():
         config = Path(out) / "config.yaml"
     cfg = load_config(config) if config else RunConfig()
     if config is None:
         cfg.model.arch = DEFAULT_ARCH
-    cfg.override("data", dataset=dataset, path=data, tasks=parse_list(tasks),
+    cfg.override("data", dataset=given(dataset, "dataset"), path=data, tasks=parse_list(tasks),
                  aux_tasks=parse_list(aux_tasks), size=parse_size(size), augment=augment,
-                 num_workers=workers)
-    cfg.override("model", arch=arch, backbone=backbone, pretrained=pretrained)
+                 num_workers=given(workers, "workers"))
+    cfg.override("model", arch=given(arch, "arch"), backbone=given(backbone, "backbone"),
+                 pretrained=pretrained)
     cfg.model.kwargs.update(_model_args(model_arg))
-    cfg.override("train", steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                 weighting=weighting, accum=accum, seed=seed, ckpt_every=ckpt_every,
-                 eval_every=eval_every, eval_batches=eval_batches, amp=amp, out=out,
-                 compile=compile, tensorboard=tensorboard, sync_bn=sync_bn)
+    cfg.override("train", steps=given(steps, "steps"), batch_size=given(batch_size, "batch_size"),
+                 lr=given(lr, "lr"), optimizer=given(optimizer, "optimizer"),
+                 weighting=weighting, accum=given(accum, "accum"), seed=given(seed, "seed"),
+                 ckpt_every=given(ckpt_every, "ckpt_every"),
+                 eval_every=given(eval_every, "eval_every"), eval_batches=eval_batches,
+                 amp=given(amp, "amp"), out=out, compile=given(compile, "compile"),
+                 tensorboard=given(tensorboard, "tensorboard"), sync_bn=given(sync_bn, "sync_bn"))
     if out is None and (config is None or cfg.train.out == "runs/default"):
         cfg.train.out = f"runs/{cfg.model.arch}-{cfg.data.dataset}"
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -151,6 +154,15 @@ def train(
         console.print(f"delta_m vs single-task runs ({', '.join(report['delta_m_tasks'])}): "
                       f"{report['delta_m']:+.2f} %")
     console.print(f"run directory: [bold]{cfg.train.out}[/]")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was set on the command line (or its environment variable), as
+    opposed to left at the default shown in --help: only given options override --config."""
+    from click.core import ParameterSource
+
+    src = ctx.get_parameter_source(name)
+    return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
 def _cuda_used() -> bool:
@@ -185,6 +197,8 @@ def _relaunch(ctx: typer.Context, nproc: int, extra_env: dict[str, str] | None =
     for p in ctx.command.params:
         value = ctx.params.get(p.name or "")
         if p.name == "nproc" or value is None or not getattr(p, "opts", None):
+            continue
+        if not _given(ctx, p.name or ""):  # the ranks fall back to the same defaults
             continue
         if getattr(p, "is_flag", False):
             if value:
