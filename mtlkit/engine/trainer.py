@@ -15,8 +15,8 @@ Safety (:mod:`mtlkit.engine.rundir`): every check runs before anything is writte
 directory: the configuration's values (:meth:`RunConfig.validate`), the output location, what
 the directory already holds (a run needs ``resume`` or ``overwrite``), the data file against
 the configuration (:func:`mtlkit.data.check.check_data` in :func:`build_parts`: the whole file,
-remembered), and on
-resume the settings that may not change. Then rank 0 locks the directory for the whole run.
+remembered), and on resume the settings that may not change. Then rank 0 locks the directory
+for the whole run.
 """
 
 from __future__ import annotations
