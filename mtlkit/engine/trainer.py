@@ -126,7 +126,7 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool,
         raise CheckpointError(f"{str(out)!r} holds no run to resume",
                               "start a new run without --resume (or pass the run's --out)")
     if not resume and state.holds_run and not overwrite:
-        raise rundir.RunExistsError(f"{str(out)!r} already holds {state.describe()}",
+        raise rundir.RunExistsError(f"{out} already holds {state.describe()}",
                                     "use --resume to continue or --overwrite to start again")
     return state
 

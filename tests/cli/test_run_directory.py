@@ -78,7 +78,7 @@ def test_existing_run_without_resume_exits_2_and_keeps_the_run(
     out = copy_run(trained_run, tmp_path / "run")
     before = _snapshot(out)
     res = invoke("train", *TRAIN_ARGS, "--data", tiny_h5, "--steps", 2, "--out", out)
-    one_line_error(res, f"{str(out)!r} already holds a run of baseline at step 2",
+    one_line_error(res, f"{out} already holds a run of baseline at step 2",
                    "use --resume to continue or --overwrite to start again")
     assert _snapshot(out) == before
 
