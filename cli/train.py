@@ -159,10 +159,8 @@ def train(
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether option ``name`` was set on the command line (or its environment variable), as
     opposed to left at the default shown in --help: only given options override --config."""
-    from click.core import ParameterSource
-
-    src = ctx.get_parameter_source(name)
-    return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    src = ctx.get_parameter_source(name)  # by name: typer may bring its own click's enum
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _cuda_used() -> bool:

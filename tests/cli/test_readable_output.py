@@ -156,3 +156,36 @@ def test_train_help_shows_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_value_format_is_finite_for_nan() -> None:
     rows = metric_rows({"edge": {"odsF": None, "odsT": math.nan}})
     assert rows[0][2] == "n/a"
+
+
+def test_defaults_shown_in_help_do_not_override_a_config_file(
+        tiny_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options left at their (shown) defaults keep the --config values; given ones win."""
+    import json
+    import subprocess
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  arch: baseline\n  kwargs: {channels: 8}\n"
+                   "data:\n  size: [64, 80]\n"
+                   "train:\n  steps: 3\n  batch_size: 4\n  eval_every: 0\n  lr: 0.001\n")
+    out = tmp_path / "run"
+    res = invoke("train", "--config", cfg, "--data", tiny_h5, "--out", out, "--quiet",
+                 "--lr", "0.003")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["arch"] == "baseline" and report["steps"] == 3
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 4 and saved["train"]["lr"] == 0.003
+    # the --nproc relaunch passes on the given options only
+    calls: list[list[str]] = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: calls.append(cmd) or 0)
+    res = invoke("train", "--config", cfg, "--data", tiny_h5, "--out", tmp_path / "ddp",
+                 "--nproc", 2, "--seed", 3)
+    assert res.exit_code == 0, res.output
+    args = calls[0][calls[0].index("train") + 1:]
+    assert "--seed" in args and "--config" in args
+    for default in ("--steps", "--lr", "--batch-size", "--arch", "--no-amp"):
+        assert default not in args, default
