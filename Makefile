@@ -24,7 +24,7 @@ $(STAMP): $(PY) setup.py pyproject.toml $(wildcard csrc/*)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mtlkit train
+	$(VENV)/bin/mtlkit train --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

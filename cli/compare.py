@@ -17,7 +17,9 @@ def compare(
         typer.Option("--single-task", help="single-task reference run (repeat, or a,b,c)"),
     ] = None,
     markdown: Annotated[
-        str | None, typer.Option(help="write the markdown table to this file, not stdout")
+        str | None, typer.Option(
+            help="also write the table as markdown to this file ('-': print markdown instead "
+            "of the table)")
     ] = None,
     saliency_metric: Annotated[str, typer.Option(
         help="saliency's main metric: maxF (ATRC/InvPT) or mIoU (MTI-Net)")] = "maxF",
@@ -35,30 +37,32 @@ def compare(
         comparison_markdown,
         comparison_table,
     )
-    from mtlkit.utils import atomic_write_text
+    from mtlkit.utils import atomic_write_text, check_writable
 
+    if markdown and markdown != "-":
+        check_writable(markdown, kind="file")
     refs = [r for item in (single_task or []) for r in (parse_list(item) or [])]
     bench_md = benchmark_comparison(runs, refs)  # a benchmark directory: its own table
     if bench_md is not None:
         _emit(bench_md, markdown)
         return
     cmp = compare_runs(runs, refs, saliency_metric=saliency_metric)
+    if markdown == "-":
+        typer.echo(comparison_markdown(cmp), nl=False)
+        return
     console.print(comparison_table(cmp))
-    md = comparison_markdown(cmp)
     if markdown:
-        atomic_write_text(Path(markdown), md)
+        atomic_write_text(Path(markdown), comparison_markdown(cmp))
         console.print(f"wrote [bold]{markdown}[/]")
-    else:
-        typer.echo(md, nl=False)
 
 
 def _emit(md: str, markdown: str | None) -> None:
-    """Write the benchmark's markdown to ``markdown``, or print it."""
+    """Write the benchmark's markdown table to ``markdown``, or print it (no path, or ``-``)."""
     from pathlib import Path
 
     from mtlkit.utils import atomic_write_text
 
-    if markdown:
+    if markdown and markdown != "-":
         atomic_write_text(Path(markdown), md)
         console.print(f"wrote [bold]{markdown}[/]")
     else:
@@ -71,7 +75,11 @@ def plot(
     out: Annotated[str | None, typer.Option(help="PNG path (default RUN/curves.png)")] = None,
 ) -> None:
     """Draw RUN/curves.png: training losses and validation main metrics over steps."""
-    from mtlkit.engine.plot import plot_run
+    from pathlib import Path
 
+    from mtlkit.engine.plot import plot_run
+    from mtlkit.utils import check_writable
+
+    check_writable(out if out else Path(run) / "curves.png", kind="file")
     path = plot_run(run, out)
     console.print(f"wrote [bold]{path}[/]")

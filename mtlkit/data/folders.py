@@ -191,23 +191,12 @@ def clean_depth(d: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar; yields ``advance()`` (a no-op when ``enabled`` is False)."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A progress bar on stderr (plain lines in logs); yields ``advance()`` (a no-op when
+    ``enabled`` is False). See :func:`mtlkit.utils.progress_bar`."""
+    from mtlkit.utils import progress_bar as _bar
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as prog:
-        task = prog.add_task(description, total=total)
-        yield lambda n=1: prog.advance(task, n)
+    with _bar(total, description, enabled) as advance:
+        yield advance
 
 
 def numeric_index(ids: Sequence[str]) -> list[int]:

@@ -11,13 +11,18 @@ Every dataset is chunked one sample per chunk and compressed. File attrs: ``data
 ``mtlkit_version``, ``format_version`` (= 1), ``size`` (H, W).
 
 Writers write ``<path>.tmp`` and rename it on success, so a crash never leaves a half file that
-looks whole.
+looks whole. HDF5 writes through a Python file object (:class:`_GuardedFile`) that records the
+first failed write (full disk, file size limit, ...) and ignores later ones, so HDF5 never sees
+an I/O error (it reports those from destructors, as tracebacks that cannot be caught, and may
+crash on close); the writer then stops with one :class:`~mtlkit.errors.OutputError` and
+removes the tmp file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mtlkit.data.transforms import pad_to, to_tensors
-from mtlkit.errors import DataError
+from mtlkit.errors import DataError, OutputError
 
 FORMAT_VERSION = 1
 NORMALS_CONVENTION = "camera: x right, y down, z forward; towards camera"
@@ -162,11 +167,27 @@ class H5Writer:
         self._f: h5py.File | None = None
         self._written: dict[str, np.ndarray] = {}
         self._dsets: dict[str, dict[str, h5py.Dataset]] = {}
+        self._fobj: _GuardedFile | None = None
 
     # context manager -------------------------------------------------------------------------
     def __enter__(self) -> H5Writer:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = h5py.File(self.tmp_path, "w")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fobj = _GuardedFile(self.tmp_path)
+            self._f = h5py.File(self._fobj, "w")
+            self._write_attrs()
+            self._raise_io_error()
+        except BaseException as e:
+            f, self._f = self._f, None
+            self._remove_tmp(f)
+            err = self._io_error() or _as_os_error(e)
+            if err is not None:
+                raise OutputError.from_os_error(self.path, err) from None
+            raise
+        return self
+
+    def _write_attrs(self) -> None:
+        assert self._f is not None
         attrs: dict[str, Any] = {
             "dataset": self.dataset,
             "tasks": self.tasks,
@@ -179,7 +200,6 @@ class H5Writer:
         attrs.update(self.attrs)
         for k, v in attrs.items():
             self._f.attrs[k] = _encode_attr(v)
-        return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         f, self._f = self._f, None
@@ -193,18 +213,36 @@ class H5Writer:
                 raise RuntimeError(f"H5Writer: samples never written (split: count): {missing}")
             if f is not None:
                 f.close()
+            if self._fobj is not None:
+                self._fobj.close()
+            self._raise_io_error()
             os.replace(self.tmp_path, self.path)
-        except BaseException:
+        except BaseException as e:
             self._remove_tmp(f)
+            err = self._io_error() or _as_os_error(e)
+            if err is not None:
+                raise OutputError.from_os_error(self.path, err) from None
             raise
 
     def _remove_tmp(self, f: h5py.File | None) -> None:
-        if f is not None:
-            try:
-                f.close()
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
-        self.tmp_path.unlink(missing_ok=True)
+        for close in (getattr(f, "close", None), getattr(self._fobj, "close", None)):
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - best effort cleanup
+                    pass
+        try:
+            self.tmp_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def _io_error(self) -> OSError | None:
+        return self._fobj.error if self._fobj is not None else None
+
+    def _raise_io_error(self) -> None:
+        err = self._io_error()
+        if err is not None:
+            raise OutputError.from_os_error(self.path, err)
 
     # writing ---------------------------------------------------------------------------------
     def _file(self) -> h5py.File:
@@ -282,11 +320,88 @@ class H5Writer:
                 full = np.full((H, W, *trail), fill, dtype=dtype)
                 full[:h, :w] = arr
                 arr = full
-            g[key][i] = arr
+            try:
+                g[key][i] = arr
+            except (OSError, RuntimeError) as e:
+                err = self._io_error() or _as_os_error(e)
+                if err is None:
+                    raise
+                raise OutputError.from_os_error(self.path, err) from None
         g["index"][i] = int(sample.get("index", i))
         hw = sample.get("hw", (h, w))
         g["hw"][i] = np.asarray(hw, dtype=np.int32)
         self._written[split][i] = True
+        self._raise_io_error()
+
+
+class _GuardedFile:
+    """A binary file for h5py's ``fileobj`` driver that never raises on writing.
+
+    The first failed write, flush or truncate is kept in :attr:`error`; from then on writes
+    are dropped (the file is discarded anyway). Reads pass through.
+    """
+
+    def __init__(self, path: Path) -> None:
+        # unbuffered: a failing write raises in write(), never later in seek() or close()
+        self._f = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+        self.error: OSError | None = None
+
+    def _guard(self, op: Callable[[], Any], default: Any) -> Any:
+        if self.error is not None:
+            return default
+        try:
+            return op()
+        except OSError as e:
+            self.error = e
+            return default
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+
+        def write_all() -> int:
+            done = 0
+            while done < len(view):  # a raw write may be partial
+                done += self._f.write(view[done:]) or 0
+            return done
+
+        return self._guard(write_all, len(view))
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._guard(lambda: self._f.truncate(size), size or 0)
+
+    def flush(self) -> None:
+        self._guard(self._f.flush, None)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def readinto(self, buf: Any) -> int:
+        return self._f.readinto(buf)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._guard(lambda: self._f.seek(offset, whence), offset)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._guard(self._f.close, None)
+
+
+def _as_os_error(e: BaseException) -> OSError | None:
+    """The ``OSError`` behind an exception of a failed HDF5 write, else None.
+
+    h5py raises ``OSError`` with the errno for driver write failures, and ``RuntimeError``
+    with ``errno = N`` in its message for failed flushes.
+    """
+    if isinstance(e, OSError) and e.errno:
+        return OSError(e.errno, os.strerror(e.errno))
+    m = re.search(r"errno = (\d+)", str(e))
+    if isinstance(e, (OSError, RuntimeError)) and m and int(m.group(1)):
+        n = int(m.group(1))
+        return OSError(n, os.strerror(n))
+    return None
 
 
 # reading ---------------------------------------------------------------------------------------

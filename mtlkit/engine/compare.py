@@ -216,10 +216,15 @@ def saliency_note(saliency_metric: str) -> str:
             "--saliency-metric maxF|mIoU")
 
 
-def _fmt(v: float | None) -> str:
+#: One number format per column, by unit: metres with 4 decimals (the papers' rmse), % and
+#: degrees with 2.
+_UNIT_FORMAT = {"m": "{:.4f}", "%": "{:.2f}", "deg": "{:.2f}"}
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "-"
-    return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return _UNIT_FORMAT.get(unit, "{:.4f}").format(v)
 
 
 def _headers(cmp: Comparison) -> list[str]:
@@ -233,7 +238,7 @@ def _headers(cmp: Comparison) -> list[str]:
 def _cells(cmp: Comparison, row: ComparisonRow) -> list[str]:
     name = row.run.name + (" (single-task)" if row.reference else "")
     cells = [name, str(row.run.arch or "-")]
-    cells += [_fmt(row.values.get(t)) for t in cmp.tasks]
+    cells += [_fmt(row.values.get(t), MAIN_UNITS.get(t, "")) for t in cmp.tasks]
     if cmp.has_delta:
         if row.reference:
             cells.append("ref")

@@ -104,10 +104,12 @@ def main_scores(results: dict[str, dict[str, Any]], specs: dict[str, TaskSpec]) 
     return {t: results[t][specs[t].main_metric] for t in results}
 
 
-def load_run_model(checkpoint: str, data: str | None = None, device: str | None = None):
+def load_run_model(checkpoint: str, data: str | None = None, device: str | None = None, *,
+                   progress: bool = False, console: Any = None):
     """Rebuild the model of a checkpoint and load its weights.
 
-    Returns ``(model, parts, state)``; ``data`` overrides the dataset file of the run.
+    Returns ``(model, parts, state)``; ``data`` overrides the dataset file of the run (whose
+    val split is checked against the run's configuration first).
     """
     from mtlkit.config import RunConfig
     from mtlkit.engine.trainer import build_parts, load_checkpoint
@@ -116,7 +118,7 @@ def load_run_model(checkpoint: str, data: str | None = None, device: str | None 
     cfg = RunConfig.from_dict(state["config"], source=f"{checkpoint}: config")
     if data is not None:
         cfg.data.path = data
-    parts = build_parts(cfg, need_train=False)
+    parts = build_parts(cfg, need_train=False, progress=progress, console=console)
     try:
         parts.model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -141,6 +143,7 @@ def evaluate_checkpoint(
     out_dir: str | None = None,
     progress: bool = True,
     figures: bool = True,
+    console: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; writes ``eval.json`` and ``eval.md`` next to it.
 
@@ -149,13 +152,24 @@ def evaluate_checkpoint(
     tasks; per-class IoU is in ``metrics[task]["per_class_IoU"]``). With ``figures``, eval.md
     also embeds the run's ``curves.png`` (drawn from ``log.jsonl`` when present) and up to 3
     prediction panels (``panels/``, when the run's .h5 file is available).
+
+    Checked before any work: ``batch_size >= 1``, the output folder is writable, and the split's
+    labels are valid over the whole file (:func:`mtlkit.data.check.check_data`). Progress goes to
+    ``console`` (default stderr): a bar on a terminal, plain lines in a log.
     """
     from pathlib import Path
 
     from mtlkit.data import build_dataset
+    from mtlkit.data.check import check_data
     from mtlkit.engine.report import write_eval_files
+    from mtlkit.errors import ConfigError
+    from mtlkit.utils import check_writable, progress_bar
 
-    model, parts, state = load_run_model(checkpoint, data)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} is out of range", "it must be >= 1")
+    dest = Path(out_dir) if out_dir else Path(checkpoint).parent
+    check_writable(dest, kind="folder")
+    model, parts, state = load_run_model(checkpoint, data, progress=progress, console=console)
     cfg = parts.cfg
     ds = (
         parts.val_set
@@ -171,22 +185,17 @@ def evaluate_checkpoint(
         )
     )
     specs = {t: parts.specs[t] for t in parts.tasks}
+    if split != "val" and getattr(ds, "path", None) is not None:  # val: by load_run_model
+        check_data(ds.path, cfg.data.dataset, list(parts.specs), (split,), progress=progress,
+                   console=console)
     loader = make_eval_loader(ds, batch_size)
     device = next(model.parameters()).device
     accumulators = {t: s.make_metric() for t, s in specs.items()}
     if "edge" in accumulators:  # exact boundary matching: score images in parallel processes
         accumulators["edge"].workers = max(1, min(4, os.cpu_count() or 1))
-    if progress:
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task(f"evaluate {split}", total=len(loader))
-            metrics = run_evaluation(
-                model, loader, specs, device, metrics=accumulators,
-                on_batch=lambda i, n: bar.update(task, completed=i),
-            )
-    else:
-        metrics = run_evaluation(model, loader, specs, device, metrics=accumulators)
+    with progress_bar(len(loader), f"evaluate {split}", progress, console) as advance:
+        metrics = run_evaluation(model, loader, specs, device, metrics=accumulators,
+                                 on_batch=lambda i, n: advance())
     if "edge" in metrics:
         metrics["edge"].close()
     result = {
@@ -200,7 +209,6 @@ def evaluate_checkpoint(
     pr_curves = _pr_curves(metrics)
     if pr_curves:
         result["pr_curves"] = pr_curves
-    dest = Path(out_dir) if out_dir else Path(checkpoint).parent
     images = _eval_figures(checkpoint, dest, data or cfg.data.path) if figures else None
     write_eval_files(dest, result, images)
     return result

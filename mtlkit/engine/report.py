@@ -1,4 +1,11 @@
-"""Metric tables: rich tables for the terminal and ``eval.json`` / ``eval.md`` files."""
+"""Metric tables: rich tables for the terminal and ``eval.json`` / ``eval.md`` files.
+
+Every row names its unit as the papers print it: mIoU, pixel accuracy, boundary/saliency
+F-measures, AP, the % of normals within an angle and depth delta1-3 in % (delta1-3 are stored as
+fractions in the JSON files, DESIGN.md, and shown x100 here), depth rmse and sq_rel in metres,
+angles in degrees; the dimensionless ones say what they are (ratio, ln, threshold). Values share
+one format, :data:`VALUE_FORMAT`, so a column reads the same all the way down.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,37 @@ from rich.table import Table
 
 from mtlkit.utils import atomic_write_json, atomic_write_text
 
+#: metric -> unit, for metrics whose unit does not depend on the task.
 UNITS = {
-    "mIoU": "%", "pixel_acc": "%", "rmse": "", "log_rmse": "", "abs_rel": "", "sq_rel": "",
+    "mIoU": "%", "pixel_acc": "%", "log_rmse": "ln", "abs_rel": "ratio", "sq_rel": "m",
+    "delta1": "%", "delta2": "%", "delta3": "%",
     "mean": "deg", "median": "deg", "within_11_25": "%", "within_22_5": "%", "within_30": "%",
-    "odsF": "%", "oisF": "%", "AP": "%", "maxF": "%",
+    "odsF": "%", "odsT": "threshold", "oisF": "%", "AP": "%", "maxF": "%",
+    "maxF_threshold": "threshold",
 }
+#: (task, metric) -> unit where the task decides (``rmse`` of depth vs of normals).
+TASK_UNITS = {("depth", "rmse"): "m", ("normals", "rmse"): "deg"}
+#: Metrics stored as fractions in [0, 1] but printed in % (as the papers print them).
+PERCENT_FROM_FRACTION = frozenset({"delta1", "delta2", "delta3"})
+#: The one number format of every value column.
+VALUE_FORMAT = "{:.3f}"
+
+
+def metric_unit(task: str, metric: str) -> str:
+    """The unit a metric is shown in (``""`` when unknown)."""
+    return TASK_UNITS.get((task, metric), UNITS.get(metric, ""))
+
+
+def display_value(metric: str, value: float | None) -> float | None:
+    """The value as shown in tables (fractions in % where the papers print %)."""
+    if value is None:
+        return None
+    return value * 100.0 if metric in PERCENT_FROM_FRACTION else value
+
+
+def metric_label(task: str, metric: str) -> str:
+    unit = metric_unit(task, metric)
+    return f"{metric} ({unit})" if unit else metric
 
 
 def scalar_items(vals: dict[str, Any]) -> list[tuple[str, float | None]]:
@@ -21,31 +54,35 @@ def scalar_items(vals: dict[str, Any]) -> list[tuple[str, float | None]]:
     return [(k, v) for k, v in vals.items() if v is None or isinstance(v, (int, float))]
 
 
-def _fmt(v: float | None) -> str:
+def format_value(v: float | None) -> str:
+    """:data:`VALUE_FORMAT`, ``n/a`` for a missing value."""
     if v is None:
         return "n/a"
-    return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+    return VALUE_FORMAT.format(v)
 
 
-def metrics_table(metrics: dict[str, dict[str, Any]], title: str = "metrics") -> Table:
-    """A rich table ``task | metric | value``."""
+def metric_rows(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(task, "metric (unit)", value text)`` for every scalar metric."""
+    return [(task, metric_label(task, k), format_value(display_value(k, v)))
+            for task, vals in metrics.items() for k, v in scalar_items(vals)]
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]], title: str | None = "metrics") -> Table:
+    """A rich table ``task | metric (unit) | value``."""
     table = Table(title=title)
     table.add_column("task", style="bold")
-    table.add_column("metric")
+    table.add_column("metric (unit)")
     table.add_column("value", justify="right")
-    for task, vals in metrics.items():
-        for i, (k, v) in enumerate(scalar_items(vals)):
-            unit = UNITS.get(k, "")
-            table.add_row(task if i == 0 else "", f"{k} ({unit})" if unit else k, _fmt(v))
+    last = None
+    for task, label, value in metric_rows(metrics):
+        table.add_row(task if task != last else "", label, value)
+        last = task
     return table
 
 
 def metrics_markdown(metrics: dict[str, dict[str, Any]]) -> str:
-    lines = ["| task | metric | value |", "|---|---|---|"]
-    for task, vals in metrics.items():
-        for k, v in scalar_items(vals):
-            unit = UNITS.get(k, "")
-            lines.append(f"| {task} | {k}{f' ({unit})' if unit else ''} | {_fmt(v)} |")
+    lines = ["| task | metric (unit) | value |", "|---|---|---:|"]
+    lines += [f"| {task} | {label} | {value} |" for task, label, value in metric_rows(metrics)]
     return "\n".join(lines) + "\n"
 
 

@@ -10,12 +10,20 @@ losses; an arch's ``extra_losses`` (e.g. the MT-CP coherence loss) are added.
 Exact resume: checkpoints hold model, optimiser, scheduler, scaler, weighting state, RNG states
 and the step; the data order is a function of the step (:mod:`mtlkit.engine.sampling`). A CPU run
 interrupted and resumed ends with bit-identical weights to an uninterrupted one.
+
+Safety (:mod:`mtlkit.engine.rundir`): every check runs before anything is written into the run
+directory: the configuration's values (:meth:`RunConfig.validate`), the output location, what
+the directory already holds (a run needs ``resume`` or ``overwrite``), the data file against
+the configuration (:func:`mtlkit.data.check.check_data` in :func:`build_parts`: the whole file,
+remembered), and on resume the settings that may not change. Then rank 0 locks the directory
+for the whole run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from mtlkit.config import RunConfig, dump_config
 from mtlkit.engine import distributed as dist_utils
+from mtlkit.engine import rundir
 from mtlkit.engine.evaluator import (
     _autocast,
     compute_metrics,
@@ -39,8 +48,10 @@ from mtlkit.engine.sampling import EpochBatchSampler, SeededDataset
 from mtlkit.errors import CheckpointError, ConfigError
 from mtlkit.tasks import TaskSpec, get_task
 from mtlkit.utils import (
+    append_text,
     atomic_torch_save,
     atomic_write_json,
+    check_writable,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -63,9 +74,10 @@ class RunParts:
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
-    """Fill dataset defaults (task set, size, augmentation) into ``cfg`` in place."""
+    """Validate ``cfg`` and fill dataset defaults (task set, size, augmentation) in place."""
     from mtlkit.data import dataset_info
 
+    cfg.validate()
     info = dataset_info(cfg.data.dataset)
     if cfg.data.tasks is None:
         cfg.data.tasks = list(info["tasks"])
@@ -81,13 +93,52 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         )
     if not cfg.data.tasks:
         raise ConfigError("no tasks selected", "pass at least one task")
-    if cfg.train.steps < 0 or cfg.train.batch_size < 1:
-        raise ConfigError("steps must be >= 0 and batch size >= 1")
+    cfg.validate()  # the filled-in size against the backbone stride
     return cfg
 
 
-def build_parts(cfg: RunConfig, *, need_train: bool = True) -> RunParts:
-    """Datasets, task specs and model of a (resolved) config."""
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Make the data and pretrained-weights paths absolute (in place), so that the run's
+    ``config.yaml`` and checkpoints work from any working directory."""
+    if cfg.data.path is not None:
+        cfg.data.path = str(Path(cfg.data.path).expanduser().absolute())
+    if cfg.model.pretrained is not None:
+        cfg.model.pretrained = str(Path(cfg.model.pretrained).expanduser().absolute())
+    return cfg
+
+
+def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool,
+                  probe_lock: bool = True) -> rundir.RunState:
+    """The output location is writable, not in use by another process (``probe_lock``), and
+    what it holds fits ``resume`` / ``overwrite``."""
+    out = Path(cfg.train.out)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other",
+                          "pass --resume to continue the run or --overwrite to start again")
+    check_writable(out, kind="folder")
+    if probe_lock and os.environ.get(rundir.LOCK_ENV) != str(out.absolute()):
+        rundir.check_not_busy(out)
+    state = rundir.inspect_run(out)
+    if resume and not state.has_checkpoint:
+        if state.holds_run:
+            raise CheckpointError(f"{str(out)!r} has no last.pt to resume from (the run "
+                                  "stopped before its first checkpoint)",
+                                  "start it again with --overwrite")
+        raise CheckpointError(f"{str(out)!r} holds no run to resume",
+                              "start a new run without --resume (or pass the run's --out)")
+    if not resume and state.holds_run and not overwrite:
+        raise rundir.RunExistsError(f"{out} already holds {state.describe()}",
+                                    "use --resume to continue or --overwrite to start again")
+    return state
+
+
+def build_parts(cfg: RunConfig, *, need_train: bool = True, check: bool = True,
+                progress: bool = False, console: Any = None) -> RunParts:
+    """Datasets, task specs and model of a (resolved) config.
+
+    ``check``: check the data file against the config before building the model
+    (:func:`mtlkit.data.check.check_data`, the splits used; remembered per file).
+    """
     from mtlkit.data import build_dataset, dataset_info
     from mtlkit.models import create_model
     from mtlkit.models.backbones import input_size_hint
@@ -117,6 +168,11 @@ def build_parts(cfg: RunConfig, *, need_train: bool = True) -> RunParts:
         augment=d.augment,
     )
     ref = val_set
+    if check and getattr(val_set, "path", None) is not None:
+        from mtlkit.data.check import check_data
+
+        check_data(val_set.path, d.dataset, all_tasks, ("train", "val") if need_train else ("val",),
+                   progress=progress, console=console)
     info = dataset_info(d.dataset)
     specs = {
         t: get_task(t, ref.num_classes.get(t), edge_max_dist=info.get("edge_max_dist", 0.011))
@@ -126,13 +182,20 @@ def build_parts(cfg: RunConfig, *, need_train: bool = True) -> RunParts:
     if d.aux_tasks:
         kwargs["aux_tasks"] = list(d.aux_tasks)
     with input_size_hint(size):  # ViT / Swin backbones are built for the input size
-        model = create_model(
-            cfg.model.arch,
-            {t: specs[t].out_channels for t in all_tasks},
-            backbone=cfg.model.backbone,
-            pretrained=cfg.model.pretrained,
-            **kwargs,
-        )
+        try:
+            model = create_model(
+                cfg.model.arch,
+                {t: specs[t].out_channels for t in all_tasks},
+                backbone=cfg.model.backbone,
+                pretrained=cfg.model.pretrained,
+                **kwargs,
+            )
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e):
+                raise
+            bad = str(e).split("unexpected keyword argument")[-1].strip()
+            raise ConfigError(f"arch {cfg.model.arch!r} has no option {bad}",
+                              "check the --model-arg / model.kwargs names") from None
     return RunParts(cfg, train_set, val_set, list(d.tasks), list(d.aux_tasks), specs, model, size)
 
 
@@ -194,18 +257,24 @@ class Trainer:
     def __init__(
         self, cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None,
         single_task: list[str] | None = None, saliency_metric: str = "maxF",
+        overwrite: bool = False,
     ) -> None:
         from mtlkit.metrics.delta_m import main_metrics
 
         self.main_metrics = main_metrics(saliency_metric)  # delta_m's metric per task
         self.ctx = dist_utils.init()
         self.cfg = cfg
-        self.references = _single_task_references(single_task, self.main_metrics)
         self.out = Path(cfg.train.out)
         self.progress = progress and self.ctx.is_main
         self.console = console
+        self.lock: rundir.RunLock | None = None
+        resolve_config(absolute_paths(cfg))
+        if self.ctx.is_main:
+            check_run_dir(cfg, resume=resume, overwrite=overwrite)
+        self.references = _single_task_references(single_task, self.main_metrics)
         seed_everything(cfg.train.seed)
-        self.parts = build_parts(cfg)
+        self.parts = build_parts(cfg, progress=self.progress, console=console)
+        self._check_batches()
         self.device = self.ctx.device
         model = self.parts.model
         if cfg.train.sync_bn and self.ctx.distributed:
@@ -250,10 +319,50 @@ class Trainer:
         self.infer_images_per_s: float | None = None  # forwards of the latest evaluation
         if resume:
             self._load(self.out / "last.pt")
-        elif self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.out / "config.yaml")
-            (self.out / "log.jsonl").unlink(missing_ok=True)
+        #: resumed at (or past) its last step: nothing to train, the report stands
+        self.finished = resume and self.step >= cfg.train.steps
+        if self.ctx.is_main:
+            self._commit(resume=resume, overwrite=overwrite)
+
+    def _check_batches(self) -> None:
+        """The training split holds at least one global batch (before anything is written)."""
+        t = self.cfg.train
+        n = len(self.parts.train_set)
+        if EpochBatchSampler.batches_per_epoch(n, t.batch_size, self.ctx.world) == 0:
+            raise ConfigError(
+                f"the training split has {n} samples, fewer than one global batch of "
+                f"{t.batch_size * self.ctx.world}",
+                "lower --batch-size",
+            )
+
+    def _commit(self, *, resume: bool, overwrite: bool) -> None:
+        """Every check has passed: lock the run directory (unless the ``--nproc`` parent holds
+        it), re-check what it holds under the lock, then start the run (rank 0 only)."""
+        locked_by_parent = os.environ.get(rundir.LOCK_ENV) == str(self.out.absolute())
+        if not locked_by_parent:
+            self.lock = rundir.RunLock(self.out).acquire()
+        try:
+            state = check_run_dir(self.cfg, resume=resume, overwrite=overwrite,
+                                  probe_lock=False)
+            if overwrite and state.holds_run:
+                rundir.clear_run(self.out)
+            if not self.finished:
+                dump_config(self.cfg, self.out / "config.yaml")
+        except BaseException:
+            self.close(remove_created=True)
+            raise
+
+    def close(self, *, remove_created: bool = False) -> None:
+        """Release the run directory's lock (rank 0); idempotent."""
+        if self.tb is not None:
+            try:
+                self.tb.close()
+            except Exception:  # noqa: BLE001 - event files are best effort
+                pass
+            self.tb = None
+        if self.lock is not None:
+            self.lock.release(remove_created=remove_created)
+            self.lock = None
 
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -270,6 +379,7 @@ class Trainer:
             "best_score": self.best_score,
             "ref_metrics": self.ref_metrics,
             "metrics": self.last_metrics,
+            "images_per_s": self.images_per_s,
         }
 
     def save(self, name: str) -> None:
@@ -284,6 +394,7 @@ class Trainer:
                 f"not {self.cfg.model.arch!r}",
                 "resume with the same --arch or start a new --out directory",
             )
+        self._check_resume_config(path, state)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -299,15 +410,32 @@ class Trainer:
         self.best_score = state.get("best_score")
         self.ref_metrics = state.get("ref_metrics")
         self.last_metrics = state.get("metrics")
+        self.images_per_s = float(state.get("images_per_s") or 0.0)
         set_rng_state(state["rng"])
+
+    def _check_resume_config(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a resume that would change the run; report the settings that may change."""
+        old = state.get("config")
+        if not isinstance(old, dict):
+            return
+        refused, allowed = rundir.resume_differences(old, self.cfg.to_dict(),
+                                                     int(state.get("step", 0)))
+        if refused:
+            raise ConfigError(
+                f"--resume would change the run in {str(self.out)!r}: " + "; ".join(refused),
+                "resume with the run's settings (only --steps upwards, --eval-every, "
+                "--ckpt-every, --eval-batches, --workers, --tensorboard, --compile may change), "
+                "or train into a new --out")
+        if allowed and self.ctx.is_main and self.console is not None:
+            self.console.print("resuming with changed settings (written to config.yaml): "
+                               + "; ".join(allowed), highlight=False)
 
     # ----------------------------------------------------------------- logging
     def log(self, record: dict[str, Any]) -> None:
         """Append a record to ``log.jsonl`` (rank 0), mirrored to TensorBoard when enabled."""
         if not self.ctx.is_main:
             return
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.out / "log.jsonl", json.dumps(record) + "\n")
         if self.cfg.train.tensorboard:
             self._tensorboard(record)
 
@@ -430,12 +558,6 @@ class Trainer:
         per_epoch = EpochBatchSampler.batches_per_epoch(
             len(self.parts.train_set), t.batch_size, self.ctx.world
         )
-        if per_epoch == 0:
-            raise ConfigError(
-                f"the training split has {len(self.parts.train_set)} samples, fewer than one "
-                f"global batch of {t.batch_size * self.ctx.world}",
-                "lower --batch-size",
-            )
         micro = self.step * t.accum
         while True:
             epoch, start = divmod(micro, per_epoch)
@@ -450,6 +572,8 @@ class Trainer:
         from mtlkit.engine.progress import TrainProgress
 
         t = self.cfg.train
+        if self.finished:
+            return self._finished_report()
         stream = self.batches()
         window_t, window_n = time.perf_counter(), 0
         with TrainProgress(t.steps, self.step, enabled=self.progress, console=self.console) as bar:
@@ -478,11 +602,31 @@ class Trainer:
                     self._periodic_eval(final)
                 if (t.ckpt_every and self.step % t.ckpt_every == 0) or final:
                     self.save("last.pt")
-        if self.last_metrics is None or t.steps == 0:
+        if self.last_metrics is None:
             self.last_metrics = self.evaluate()
         report = self.report()
         if self.ctx.is_main:
             atomic_write_json(self.out / "report.json", report)
+        return report
+
+    def _finished_report(self) -> dict[str, Any]:
+        """A resumed run that already reached ``steps``: say so and keep its report.json."""
+        if self.ctx.is_main and self.console is not None:
+            self.console.print(f"{self.out} is already finished at step {self.step} of "
+                               f"{self.cfg.train.steps}: nothing to train (raise --steps to "
+                               "train longer)", highlight=False)
+        path = self.out / "report.json"
+        try:
+            report = json.loads(path.read_text())
+            if isinstance(report, dict) and isinstance(report.get("metrics"), dict):
+                return report
+        except (OSError, ValueError):
+            pass
+        if self.last_metrics is None:  # killed between the last checkpoint and the report
+            self.last_metrics = self.evaluate()
+        report = self.report()
+        if self.ctx.is_main:
+            atomic_write_json(path, report)
         return report
 
     def report(self) -> dict[str, Any]:
@@ -556,16 +700,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def train(
     cfg: RunConfig, *, resume: bool = False, progress: bool = True, console: Any = None,
     single_task: list[str] | None = None, saliency_metric: str = "maxF",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a model as configured; writes the run directory and returns ``report.json``'s dict.
 
-    ``single_task``: run directories of single-task models; the report then holds ``delta_m``
-    (with ``delta_m_metrics`` and ``saliency_metric``: saliency's main metric, ``maxF`` or
-    ``mIoU``, see :func:`mtlkit.metrics.delta_m.main_metrics`).
+    ``resume``: continue the run in ``cfg.train.out`` from its ``last.pt``; ``overwrite``: remove
+    the run that directory holds and start again (without either, a directory holding a run is
+    an error). ``single_task``: run directories of single-task models; the report then holds
+    ``delta_m`` (with ``delta_m_metrics`` and ``saliency_metric``: saliency's main metric,
+    ``maxF`` or ``mIoU``, see :func:`mtlkit.metrics.delta_m.main_metrics`).
     """
     trainer = Trainer(cfg, resume=resume, progress=progress, console=console,
-                      single_task=single_task, saliency_metric=saliency_metric)
+                      single_task=single_task, saliency_metric=saliency_metric,
+                      overwrite=overwrite)
     try:
         return trainer.fit()
     finally:
+        trainer.close()
         dist_utils.cleanup(trainer.ctx)

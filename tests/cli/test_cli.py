@@ -63,11 +63,16 @@ def test_predict_writes_pngs(run_dir: Path, cli_h5: Path, tmp_path: Path) -> Non
     pngs = sorted((tmp_path / "panels").glob("*.png"))
     assert len(pngs) == 3
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a folder of plain images works too (prediction only)
+    # a folder of plain images works too (prediction only): a panel and per-task files each
     res = _run("predict", "--checkpoint", run_dir / "last.pt", "--images", tmp_path / "panels",
                "--out", tmp_path / "panels2", "--limit", 2)
     assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "panels2").glob("*.png"))) == 2
+    out = tmp_path / "panels2"
+    panels = [p for p in out.glob("*.png") if "." not in p.stem]
+    assert len(panels) == 2
+    for p in panels:
+        for suffix in ("semseg.png", "depth.npy", "depth.png", "normals.png", "edge.png"):
+            assert (out / f"{p.stem}.{suffix}").is_file(), suffix
 
 
 def test_resume_continues(run_dir: Path, cli_h5: Path) -> None:

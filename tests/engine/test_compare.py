@@ -92,9 +92,20 @@ def test_cli_compare_markdown_file(runs: dict[str, Path], tmp_path: Path) -> Non
 
 
 def test_cli_compare_markdown_stdout_and_comma_list(runs: dict[str, Path]) -> None:
-    res = _run("compare", runs["mt"], "--single-task", f"{runs['st_seg']},{runs['st_depth']}")
+    res = _run("compare", runs["mt"], "--single-task", f"{runs['st_seg']},{runs['st_depth']}",
+               "--markdown", "-")
     assert res.exit_code == 0, res.output
     assert "| mt | baseline | 44.00 | 0.5500 | +0.00 |" in res.output
+
+
+def test_cli_compare_prints_one_table(runs: dict[str, Path]) -> None:
+    res = _run("compare", runs["mt"], runs["mt3"], "--single-task",
+               f"{runs['st_seg']},{runs['st_depth']}")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("mt3") == 1  # one row per run: the table is not printed twice
+    assert "|---" not in res.output  # no markdown copy after the table
+    row = next(line for line in res.output.splitlines() if " mt3 " in line)
+    assert "42.00" in row and "0.4500" in row and "+7.50" in row
 
 
 @pytest.mark.parametrize("kind", ["missing_dir", "no_report", "corrupt", "no_metrics"])
