@@ -32,4 +32,8 @@ def test_panel_size() -> None:
     img = np.zeros((3, 8, 10), dtype=np.float32)
     preds = {"semseg": np.zeros((8, 10), dtype=np.int64), "edge": np.zeros((1, 8, 10))}
     panel = make_panel(img, preds, {"semseg": np.zeros((8, 10), dtype=np.int64)})
-    assert panel.size == (30, 2 * (8 + 14))
+    # a grid of (input + 2 tasks) x (pred, truth) cells with a 14 px caption each, then a
+    # 4 px gap, the "semseg classes:" title and one row of the class legend (14 px each)
+    assert panel.size == (30, 2 * (8 + 14) + 4 + 14 + 14)
+    no_labels = make_panel(img, {"edge": np.zeros((1, 8, 10))}, {"edge": np.zeros((1, 8, 10))})
+    assert no_labels.size == (20, 2 * (8 + 14))  # nothing to explain: no footer

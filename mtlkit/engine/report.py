@@ -22,7 +22,7 @@ UNITS = {
     "delta1": "%", "delta2": "%", "delta3": "%",
     "mean": "deg", "median": "deg", "within_11_25": "%", "within_22_5": "%", "within_30": "%",
     "odsF": "%", "odsT": "threshold", "oisF": "%", "AP": "%", "maxF": "%",
-    "maxF_threshold": "threshold",
+    "maxF_threshold": "threshold", "mIoU_threshold": "threshold",
 }
 #: (task, metric) -> unit where the task decides (``rmse`` of depth vs of normals).
 TASK_UNITS = {("depth", "rmse"): "m", ("normals", "rmse"): "deg"}

@@ -3,8 +3,11 @@ Multi-task Learning on Dense Prediction", Sec. 3, eq. 1-7).
 
 Pipeline of :class:`BFCI` for ``image: (B, 3, H, W)`` and T tasks. The decoder runs ``scales``
 stages n = 0..scales-1 from the coarsest backbone scale down (3: strides 32, 16, 8 as for ViT /
-InternImage; 4: strides 32..4 as for HRNet). Stage n has width ``C_n = channels / 2^n`` (the
-authors' ``DIM_EMBED``, e.g. [576, 288, 144] for ViT-B; [144, 72, 36, 18] for HRNet-w18).
+InternImage; 4: strides 32..4 as for HRNet, the default). Stage n has width
+``C_n = channels / 2^n`` (the authors' ``DIM_EMBED``, e.g. [576, 288, 144] for ViT-B; [144, 72,
+36, 18] for HRNet-w18). The paper gives no widths; the authors' HRNet config uses the backbone's
+own widths, so ``channels`` defaults to the backbone's coarsest width (:func:`default_channels`:
+160 for ``tiny``, 144 for HRNet-w18) and ``scales`` to 4; ViT presets set 3 scales and 576.
 
 1. Task-generic features (Sec. 3.1): ``S_n = ConvBNReLU1x1(f_n): (B, C_n, H_n, W_n)`` (the
    backbone pyramid embedded into the decoding widths).
@@ -277,11 +280,19 @@ class TaskFeatureRefiner(nn.Module):
         return torch.stack(out, dim=1)
 
 
+def default_channels(coarsest: int, heads: int, scales: int) -> int:
+    """The default width ``C_0``: the backbone's coarsest width ``coarsest`` (authors' HRNet-w18
+    config: decoder widths [144, 72, 36, 18] = the backbone's), rounded down to a multiple of
+    ``heads x 2^(scales-1)`` so that every halved stage splits into the heads (at least one
+    such multiple). E.g. 160 for ``tiny`` (24, 48, 96, 160), 144 for HRNet-w18."""
+    unit = max(int(heads), 1) * 2 ** (scales - 1)
+    return max(unit, int(coarsest) // unit * unit)
+
+
 def _check_kwargs(scales: int, pools: list[int], channels: int, heads: int, q_stride: int,
                   ffn_ratio: int, tfr: str | int, aux_weight: float) -> int:
-    """ConfigError for invalid BFCI settings; returns the number of TFR layers."""
-    if scales not in (3, 4):
-        raise ConfigError(f"bfci scales={scales} is not valid", "use 3 (ViT) or 4 (HRNet)")
+    """ConfigError for invalid BFCI settings (``scales`` is checked by the caller); returns the
+    number of TFR layers."""
     if len(pools) != scales or any(int(p) < 1 for p in pools):
         raise ConfigError(f"bfci kv_pools={pools} must list {scales} positive pools",
                           "order them from the coarsest scale to the finest, e.g. [2, 4, 8]")
@@ -312,7 +323,8 @@ class BFCI(nn.Module):
 
     def __init__(
         self, tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None = None, *,
-        channels: int = 32, scales: int = 3, kv_pools: list[int] | None = None, heads: int = 2,
+        channels: int | None = None, scales: int = 4, kv_pools: list[int] | None = None,
+        heads: int = 2,
         q_stride: int = 2, tfr: str | int = "base", ffn_ratio: int = 2,
         aux_weight: float = DEFAULT_AUX_WEIGHT, backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -320,6 +332,12 @@ class BFCI(nn.Module):
         if not tasks:
             raise ConfigError("bfci needs at least one task", "pass e.g. tasks={'semseg': 40}")
         pools = list(kv_pools) if kv_pools is not None else DEFAULT_POOLS.get(scales, [])
+        if scales not in (3, 4):
+            raise ConfigError(f"bfci scales={scales} is not valid", "use 3 (ViT) or 4 (HRNet)")
+        self.backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
+        bb = self.backbone.channels
+        if channels is None:
+            channels = default_channels(bb[-1], heads, scales)
         n_tfr = _check_kwargs(scales, pools, channels, heads, q_stride, ffn_ratio, tfr, aux_weight)
         self.tasks = {t: int(c) for t, c in tasks.items()}
         names = list(self.tasks)
@@ -329,10 +347,8 @@ class BFCI(nn.Module):
         self.widths = widths
         self.default_weighting = "fixed"
         self.aux_weight = float(aux_weight)
-        self.backbone = build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
         # backbone scales of the stages, coarsest first: e.g. [3, 2, 1]
         self.scale_ids = list(range(3, 3 - scales, -1))
-        bb = self.backbone.channels
         self.embed = nn.ModuleList(
             ConvBNReLU(bb[i], c, 1) for i, c in zip(self.scale_ids, widths, strict=True)
         )
@@ -422,9 +438,10 @@ def bfci(tasks: dict[str, int], backbone: str = "tiny", pretrained: str | None =
          **kwargs: Any) -> nn.Module:
     """BFCI: TPP + Bridge Feature Extractor + Task Feature Refiner (paper 000, eq. 1-7).
 
-    kwargs: ``channels`` (width C_0 of the coarsest stage, halved per stage; 32), ``scales`` (3 =
-    stages at strides 32..8, 4 = 32..4; 3), ``kv_pools`` (key/value pools, coarsest stage first;
-    [2, 4, 8] / [2, 4, 8, 16]), ``heads`` (BFE and TPP heads, 2), ``q_stride`` (query
+    kwargs: ``channels`` (width C_0 of the coarsest stage, halved per stage; default the
+    backbone's coarsest width, :func:`default_channels`), ``scales`` (3 = stages at strides
+    32..8 as for ViT, 4 = 32..4 as for HRNet; 4), ``kv_pools`` (key/value pools, coarsest
+    stage first; [2, 4, 8] / [2, 4, 8, 16]), ``heads`` (BFE and TPP heads, 2), ``q_stride`` (query
     depthwise-conv stride d, 2), ``tfr`` ("base" | "large" | "huge" = 2 / 4 / 6 TFR layers, or an
     int; "base"), ``ffn_ratio`` (FFN hidden = ratio x width, 2), ``aux_weight`` (loss weight of
     the intermediate prediction, 0.5 as the authors), ``backbone_kwargs`` (passed to the

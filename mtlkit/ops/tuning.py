@@ -301,6 +301,7 @@ def _read(path: Path, warn: bool) -> dict[str, Any]:
 
 def _save(key: str, decision: Decision) -> None:
     """Merge ``decision`` into the JSON cache (tmp file + rename); a failure warns once."""
+    from mtlkit.errors import OutputError
     from mtlkit.utils import atomic_write_json
 
     path = cache_path()
@@ -310,7 +311,7 @@ def _save(key: str, decision: Decision) -> None:
         merged = {**_read(path, warn=False), **entries}
         try:
             atomic_write_json(path, {"version": CACHE_VERSION, "entries": merged})
-        except OSError as exc:
+        except (OSError, OutputError) as exc:  # atomic writes report OSErrors as OutputError
             if not _FILE.get("write_failed"):
                 _FILE["write_failed"] = True
                 warnings.warn(f"cannot write the op tuning cache {path} ({exc}); choices are "

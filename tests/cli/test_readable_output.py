@@ -19,7 +19,7 @@ from mtlkit.engine.report import (
     scalar_items,
 )
 from mtlkit.tasks import TASK_NAMES, get_task
-from tests.cli._helpers import TRAIN_ARGS, invoke
+from tests.cli._helpers import TRAIN_ARGS, copy_run, invoke
 
 _VALUE = re.compile(r"^-?\d+\.\d{3}$|^n/a$")
 
@@ -69,8 +69,9 @@ def test_train_output_in_a_log_is_whole(tiny_h5: Path, tmp_path: Path) -> None:
         assert _VALUE.match(ln.split("│")[-2].strip()), ln
 
 
-def test_evaluate_shows_progress_in_logs(trained_run: Path) -> None:
-    res = invoke("evaluate", "--checkpoint", trained_run / "last.pt", "--batch-size", 2)
+def test_evaluate_shows_progress_in_logs(trained_run: Path, tmp_path: Path) -> None:
+    run = copy_run(trained_run, tmp_path / "run")  # evaluate writes eval.json next to last.pt
+    res = invoke("evaluate", "--checkpoint", run / "last.pt", "--batch-size", 2)
     assert res.exit_code == 0, res.output
     assert re.search(r"evaluate val: 4/4 \(100%\)", res.output), res.output
 

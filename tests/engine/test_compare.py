@@ -102,7 +102,8 @@ def test_cli_compare_prints_one_table(runs: dict[str, Path]) -> None:
     res = _run("compare", runs["mt"], runs["mt3"], "--single-task",
                f"{runs['st_seg']},{runs['st_depth']}")
     assert res.exit_code == 0, res.output
-    assert res.output.count("mt3") == 1  # one row per run: the table is not printed twice
+    rows = [ln for ln in res.output.splitlines() if "│" in ln and " mt3 " in ln]
+    assert len(rows) == 1  # one row per run: the table is not printed twice
     assert "|---" not in res.output  # no markdown copy after the table
     row = next(line for line in res.output.splitlines() if " mt3 " in line)
     assert "42.00" in row and "0.4500" in row and "+7.50" in row
@@ -188,12 +189,14 @@ def test_cli_compare_saliency_metric(tmp_path: Path) -> None:
     mt = _report(tmp_path / "mt", ["saliency"], {"saliency": {"maxF": 84.0, "mIoU": 57.0}})
     st = _report(tmp_path / "st", ["saliency"], {"saliency": {"maxF": 80.0, "mIoU": 60.0}},
                  "single")
-    res = _run("compare", mt, "--single-task", st, "--saliency-metric", "mIoU")
+    res = _run("compare", mt, "--single-task", st, "--saliency-metric", "mIoU", "--markdown", "-")
     assert res.exit_code == 0, res.output
     assert "| mt | baseline | 57.00 | -5.00 |" in res.output
     assert "saliency scored by mIoU" in res.output
-    res = _run("compare", mt, "--single-task", st)
+    res = _run("compare", mt, "--single-task", st, "--markdown", "-")
     assert "| mt | baseline | 84.00 | +5.00 |" in res.output
+    res = _run("compare", mt, "--single-task", st, "--saliency-metric", "mIoU")  # the table
+    assert res.exit_code == 0 and "saliency scored by mIoU" in " ".join(res.output.split())
     res = _run("compare", mt, "--single-task", st, "--saliency-metric", "F1")
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and "maxF, mIoU" in res.output

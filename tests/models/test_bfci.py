@@ -70,7 +70,8 @@ def test_forward_backward_shapes(task_set: str, size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", [(33, 47), (128, 160)])
 def test_four_scales_any_size(size: tuple[int, int]) -> None:
     """HRNet setting: 4 scales with pools [2, 4, 8, 16]; tiny inputs become one token per task."""
-    model = create_model("bfci", {"semseg": 9, "depth": 1}, "tiny", scales=4, tfr="large")
+    model = create_model("bfci", {"semseg": 9, "depth": 1}, "tiny", channels=32, scales=4,
+                         tfr="large")
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size))
@@ -127,6 +128,23 @@ def test_tfr_sizes() -> None:
     assert BFCI(tasks, "tiny", tfr=0).config["tfr_layers"] == 0
 
 
+def test_default_widths_are_the_backbones() -> None:
+    """Authors' HRNet-w18 config: decoder widths [144, 72, 36, 18] = the backbone's widths; the
+    default C_0 is the backbone's coarsest width (rounded to heads x 2^(scales-1)), 4 scales."""
+    from mtlkit.models.bfci import default_channels
+
+    tasks = {"semseg": 9, "depth": 1}
+    model = create_model("bfci", tasks, "tiny")  # tiny: widths 24, 48, 96, 160
+    assert model.config["scales"] == 4 and model.config["widths"] == [160, 80, 40, 20]
+    assert default_channels(144, 2, 4) == 144  # HRNet-w18: [144, 72, 36, 18]
+    assert default_channels(384, 2, 4) == 384  # HRNet-w48
+    assert default_channels(150, 2, 4) == 144 and default_channels(8, 2, 4) == 16
+    assert default_channels(768, 3, 3) == 768
+    three = create_model("bfci", tasks, "tiny", scales=3)
+    assert three.config["widths"] == [160, 80, 40]
+    assert create_model("bfci", tasks, "tiny", heads=3).config["channels"] == 144  # 160 -> 24k
+
+
 @pytest.mark.parametrize("kwargs", [
     {"tfr": "giant"}, {"tfr": -1}, {"tfr": 1.5}, {"scales": 2}, {"kv_pools": [2, 4]},
     {"channels": 33}, {"channels": 36}, {"channels": 24, "scales": 4},
@@ -176,8 +194,9 @@ def test_hrnet18_nyud_preset_parameter_count() -> None:
 
 # ----------------------------------------------------------------------------- authors' layout
 def _nyud_model(**kw: object) -> BFCI:
+    """A small BFCI (C_0 = 32, 3 scales unless ``kw`` says otherwise) on the NYUD tasks."""
     torch.manual_seed(0)
-    return BFCI(TASK_SETS["nyud"], "tiny", **kw)
+    return BFCI(TASK_SETS["nyud"], "tiny", **{"channels": 32, "scales": 3, **kw})
 
 
 @pytest.mark.parametrize("scales", [3, 4])

@@ -85,10 +85,13 @@ def test_bfci_trains_under_auto_like_under_reference():
                        ("hdc_conv", "reference")}
         reference, ran_ref, g_ref = _curve({op: "reference" for op in ops.OPS})
         assert {impl for _, impl in ran_ref} == {"reference"}
-        # float32 rounding: the gradients agree to ~1e-5 (measured 7.6e-6); the tiny model on
-        # a batch of 2 amplifies that over the steps, to ~2e-4 in the loss after 4 steps
+        # float32 rounding: the gradients agree to ~1e-5 (measured 2.0e-5 at the default
+        # widths), the first two losses to ~1e-6 (the second one follows the first update);
+        # from then on the tiny model on a batch of 2 with momentum amplifies rounding (measured
+        # 9e-4 here and 1.3e-3 on CI after 4 steps), so the later steps get a looser bound
         assert ((g_auto - g_ref).norm() / g_ref.norm()).item() < 1e-4
-        assert auto == pytest.approx(reference, rel=1e-3)
+        assert auto[:2] == pytest.approx(reference[:2], rel=1e-5)
+        assert auto == pytest.approx(reference, rel=1e-2)
         assert auto[-1] < auto[0]
         # measuring (first run) used clones and a private generator: a run on the cached
         # choices is bit-identical, as seeded CPU training and exact resume require
