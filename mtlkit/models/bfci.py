@@ -7,7 +7,8 @@ InternImage; 4: strides 32..4 as for HRNet, the default). Stage n has width
 ``C_n = channels / 2^n`` (the authors' ``DIM_EMBED``, e.g. [576, 288, 144] for ViT-B; [144, 72,
 36, 18] for HRNet-w18). The paper gives no widths; the authors' HRNet config uses the backbone's
 own widths, so ``channels`` defaults to the backbone's coarsest width (:func:`default_channels`:
-160 for ``tiny``, 144 for HRNet-w18) and ``scales`` to 4; ViT presets set 3 scales and 576.
+160 for ``tiny``, 144 for HRNet-w18) and ``scales`` to 4; for ViT pass ``scales=3`` (and the
+authors' ``channels=576`` for ViT-B).
 
 1. Task-generic features (Sec. 3.1): ``S_n = ConvBNReLU1x1(f_n): (B, C_n, H_n, W_n)`` (the
    backbone pyramid embedded into the decoding widths).
