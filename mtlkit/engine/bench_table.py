@@ -38,6 +38,7 @@ from mtlkit.engine.bench_plan import (
     settings_from_manifest,
 )
 from mtlkit.engine.bench_runner import read_launches, read_report
+from mtlkit.engine.report import display_value, metric_label
 from mtlkit.engine.stats import spread
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.metrics.delta_m import HIGHER_IS_BETTER, MAIN_METRICS, delta_m, delta_per_task
@@ -373,6 +374,13 @@ def _threads_text(table: dict[str, Any]) -> str:
     return ""
 
 
+def _shown(metric: str, sp: dict[str, Any]) -> dict[str, Any]:
+    """Mean and std of ``sp`` in the unit the tables print (delta1-3: fractions -> %)."""
+    scale = display_value(metric, 1.0) or 1.0
+    return {k: (v * scale if isinstance(v, (int, float)) and k in ("mean", "std") else v)
+            for k, v in sp.items()}
+
+
 def _all_metrics_markdown(table: dict[str, Any]) -> list[str]:
     lines = [f"## All metrics (mean ± std over n = {table['n']} seeds)", ""]
     for t in table["tasks"]:
@@ -381,12 +389,12 @@ def _all_metrics_markdown(table: dict[str, Any]) -> list[str]:
             for k in row["metrics"][t]:
                 if k not in names:
                     names.append(k)
-        lines += [f"### {t}", "", "| arch | " + " | ".join(names) + " |",
-                  "|---|" + "---:|" * len(names)]
+        lines += [f"### {t}", "", "| arch | " + " | ".join(metric_label(t, k) for k in names)
+                  + " |", "|---|" + "---:|" * len(names)]
         for row in table["rows"]:
             label = "single" if row["reference"] else row["arch"]
             lines.append(f"| {label} | " + " | ".join(
-                _pm(row["metrics"][t].get(k, _EMPTY)) for k in names) + " |")
+                _pm(_shown(k, row["metrics"][t].get(k, _EMPTY))) for k in names) + " |")
         lines.append("")
     return lines
 

@@ -327,7 +327,7 @@ def _scripted(tiny_h5: Path, out: Path) -> BenchmarkSettings:
             m = {t: {"mIoU": MIOU["single"][k]} if t == "semseg" else {"rmse": RMSE["single"][k]}}
         else:
             m = {"semseg": {"mIoU": MIOU[r.arch][k], "pixel_acc": 80.0 + k},
-                 "depth": {"rmse": RMSE[r.arch][k]}}
+                 "depth": {"rmse": RMSE[r.arch][k], "delta1": 0.70 + 0.02 * k}}
         _report(r.dir, 4, m, infer_images_per_s=10.0 * (k + 1))
     log = [{"step": 10 * i, "loss": 1.0, "images_per_s": v} for i, v in enumerate([10, 30, 20])]
     (out / "runs" / "baseline-s0" / "log.jsonl").write_text(
@@ -393,6 +393,9 @@ def test_table_markdown_is_readme_ready(tiny_h5: Path, tmp_path: Path) -> None:
     assert "-5.00 ± 0.00" in md and "+10.00, -5.00, +1.67" in md
     assert "n = 3" in md and "t(0.975, 2)" in md
     assert "Saliency metric for delta_m: maxF" in md
+    # all-metrics tables: units in the header, delta1 (a fraction in report.json) shown in %
+    assert "| arch | rmse (m) | delta1 (%) |" in md and "| baseline | " in md
+    assert "| 72.00 ± 2.00 |" in md  # delta1 0.70, 0.72, 0.74
 
 
 def test_saliency_metric_choice(tmp_path: Path) -> None:
