@@ -27,14 +27,20 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_gflops(model: nn.Module, size: tuple[int, int] = (128, 160)) -> float:
-    """Forward GFLOPs (multiply-add = 2 FLOPs) for one image of ``size`` in eval mode."""
+    """Forward GFLOPs (multiply-add = 2 FLOPs) for one image of ``size`` in eval mode.
+
+    The mtlkit ops run their ``reference`` implementation while counting: the count is that of
+    the math (OPS.md), the same on every machine, and ``auto`` never measures candidates inside
+    the counter (which would count their runs too, or depend on which one it picked)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from mtlkit import ops
 
     was_training = model.training
     model.eval()
     x = torch.zeros(1, 3, *size)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with ops.use(**{op: "reference" for op in ops.OPS}), counter:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() / 1e9

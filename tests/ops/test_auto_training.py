@@ -98,3 +98,18 @@ def test_bfci_trains_under_auto_like_under_reference():
         tuning.reset()  # a new process: the choices come from the JSON cache
         again, _, _ = _curve({})
     assert again == auto
+
+
+def test_gflops_count_the_math_not_the_chosen_implementation():
+    """``count_gflops`` pins every op to ``reference``: the count is the same whichever
+    implementation ``auto`` or the user picked, and ``auto`` never measures inside the counter."""
+    from mtlkit.models.factory import count_gflops
+
+    model, _, _, _ = _setup("bfci")
+    with tuning.use_timer(FakeTimer({"reference": 2.0, "sdpa": 1.0}, run=False)):
+        fresh = count_gflops(model, (64, 80))  # auto would measure here without the pin
+    with ops.use(bfe_attention="sdpa", tpp_attention="sdpa"):
+        pinned = count_gflops(model, (64, 80))
+    with ops.use(**{op: "reference" for op in ops.OPS}):
+        reference = count_gflops(model, (64, 80))
+    assert fresh == pinned == reference > 0
