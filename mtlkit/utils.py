@@ -6,13 +6,29 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then rename it to ``path``; on any
+    failure the temporary file is removed and an ``OSError`` becomes an ``OutputError``."""
+    path = Path(path)
+    with os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -22,17 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     :class:`~mtlkit.errors.OutputError` naming the path and the reason; the temporary file is
     removed and an existing ``path`` is left as it was.
     """
-    path = Path(path)
-    with os_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -49,23 +55,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     A failed write (full disk, ...) raises :class:`~mtlkit.errors.OutputError`; torch reports
     such failures as ``RuntimeError`` whose context is the ``OSError``, which is unwrapped here.
     """
-    path = Path(path)
-    with os_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    def save(f: BinaryIO) -> None:
         try:
-            with os.fdopen(fd, "wb") as f:
-                try:
-                    torch.save(obj, f)
-                except RuntimeError as e:
-                    cause = _os_error_in(e)
-                    if cause is None:
-                        raise
-                    raise cause from None
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            torch.save(obj, f)
+        except RuntimeError as e:
+            cause = _os_error_in(e)
+            if cause is None:
+                raise
+            raise cause from None
+
+    _atomic_write(path, save)
 
 
 def append_text(path: Path, text: str) -> None:

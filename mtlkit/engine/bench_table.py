@@ -376,9 +376,8 @@ def _threads_text(table: dict[str, Any]) -> str:
 
 def _shown(metric: str, sp: dict[str, Any]) -> dict[str, Any]:
     """Mean and std of ``sp`` in the unit the tables print (delta1-3: fractions -> %)."""
-    scale = display_value(metric, 1.0) or 1.0
-    return {k: (v * scale if isinstance(v, (int, float)) and k in ("mean", "std") else v)
-            for k, v in sp.items()}
+    return {**sp, "mean": display_value(metric, sp["mean"]),
+            "std": display_value(metric, sp["std"])}
 
 
 def _all_metrics_markdown(table: dict[str, Any]) -> list[str]:

@@ -311,7 +311,7 @@ def _save(key: str, decision: Decision) -> None:
         merged = {**_read(path, warn=False), **entries}
         try:
             atomic_write_json(path, {"version": CACHE_VERSION, "entries": merged})
-        except (OSError, OutputError) as exc:  # atomic writes report OSErrors as OutputError
+        except OutputError as exc:  # atomic_write_json reports every OSError as one
             if not _FILE.get("write_failed"):
                 _FILE["write_failed"] = True
                 warnings.warn(f"cannot write the op tuning cache {path} ({exc}); choices are "
